@@ -1,0 +1,1 @@
+"""The ``tfjf`` command line: thin click commands over the tfjetflows API."""

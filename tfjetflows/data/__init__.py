@@ -1,0 +1,1 @@
+"""Jet data: schema, streaming reader, selection, representations and the tf.data pipeline."""

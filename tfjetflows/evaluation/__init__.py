@@ -1,0 +1,1 @@
+"""Evaluation: physics observables, metrics and plots."""

@@ -1,0 +1,1 @@
+"""Normalizing flows: MADE, batch-norm bijector, MAF and BNAF."""

@@ -1,0 +1,1 @@
+"""Training: callbacks, fit orchestration and the run directory."""
