@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tfjetflows.errors import UserError
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -35,7 +37,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the key and the file."""
 
 

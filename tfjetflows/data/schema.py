@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tfjetflows.errors import UserError
+
 __all__ = [
     "CHANNELS",
     "CHANNEL_GRID",
@@ -48,7 +50,7 @@ PIXEL_SIZE = 0.0174
 ZERO_SUPPRESSION = 1e-3
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, column or key that is wrong."""
 
 
