@@ -146,6 +146,10 @@ def resolve_paths(patterns: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def _open(path: Path) -> pq.ParquetFile:
     """Open ``path`` as Parquet, turning every failure into a DataError naming the file."""
     if not path.exists():
@@ -156,12 +160,11 @@ def _open(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except PermissionError:
         raise DataError(f"{path}: cannot read file (permission denied)") from None
-    except pa.ArrowInvalid as err:
-        raise DataError(
-            f"{path}: not a Parquet file, or a truncated/corrupt one ({err})"
-        ) from None
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: cannot read Parquet file ({err})") from None
+        raise DataError(
+            f"{path}: not a readable Parquet file (another format, truncated or corrupt: "
+            f"{_one_line(err)})"
+        ) from None
 
 
 def _is_list(kind: pa.DataType) -> bool:
@@ -234,28 +237,34 @@ def _image_values(path: Path, column: pa.Array, start: int) -> pa.Array:
             index = int(np.flatnonzero(~(values == expected))[0])
             found = "null" if np.isnan(values[index]) else str(int(values[index]))
             shape = "".join(f"[{s}]" for s in IMAGE_SHAPE[:depth]) + f"[{found}]"
+            shape += "[...]" * (len(IMAGE_SHAPE) - depth - 1)
             raise DataError(
                 f"{path}: row {start + index // per_row}: column '{IMAGE_COLUMN}' has image "
-                f"shape {shape}...; expected [3][125][125]"
+                f"shape {shape}; expected [3][125][125]"
             )
         per_row *= expected
         level = level.flatten()
     return level
 
 
-def _bad_jets(
-    images: np.ndarray, scalars: dict[str, np.ndarray]
-) -> tuple[np.ndarray, list[str]]:
-    """Return the mask of jets with a NaN/inf value and the column each is first bad in."""
-    n = images.shape[0]
-    bad_images = ~np.isfinite(images.reshape(n, -1)).all(axis=1)
-    bad = bad_images.copy()
-    where = np.where(bad_images, IMAGE_COLUMN, "")
-    for name, values in scalars.items():
-        bad_here = ~np.isfinite(values)
-        where = np.where(bad_here & ~bad, name, where)
-        bad |= bad_here
-    return bad, where.tolist()
+def _bad_jets(images: np.ndarray, scalars: dict[str, np.ndarray]) -> np.ndarray:
+    """Return the [n] mask of jets with a NaN/inf pixel, pt, m0 or y."""
+    flat = images.reshape(images.shape[0], -1)
+    # A sum is NaN/inf when any term is (cheaper than isfinite on every pixel); only the jets
+    # flagged that way, which include sums that merely overflow, are checked pixel by pixel.
+    bad = ~np.isfinite(flat.sum(axis=1))
+    if bad.any():
+        bad[bad] = ~np.isfinite(flat[bad]).all(axis=1)
+    for values in scalars.values():
+        bad |= ~np.isfinite(values)
+    return bad
+
+
+def _bad_column(images: np.ndarray, scalars: dict[str, np.ndarray], index: int) -> str:
+    """Return the first column holding a NaN/inf value for jet ``index``."""
+    if not np.isfinite(images[index]).all():
+        return IMAGE_COLUMN
+    return next(name for name, values in scalars.items() if not np.isfinite(values[index]))
 
 
 def _read_file(
@@ -275,7 +284,8 @@ def _read_file(
                 break
             except (pa.ArrowException, OSError) as err:
                 raise DataError(
-                    f"{path}: cannot read Parquet data near row {start} ({err})"
+                    f"{path}: corrupt Parquet data in the batch from row {start} "
+                    f"({_one_line(err)})"
                 ) from None
             n = batch.num_rows
             values = _image_values(path, batch.column(IMAGE_COLUMN), start)
@@ -287,18 +297,20 @@ def _read_file(
             }
             rows = np.arange(start, start + n, dtype=np.int64)
             jets = JetBatch(images, scalars["pt"], scalars["m0"], scalars["y"], path, rows)
-            bad, where = _bad_jets(images, scalars)
+            bad = _bad_jets(images, scalars)
             if bad.any():
                 index = int(np.flatnonzero(bad)[0])
+                column = _bad_column(images, scalars, index)
                 if on_bad_jet == "error":
                     raise DataError(
-                        f"{path}: row {start + index}: column '{where[index]}' holds NaN or "
-                        "inf (set data.on_bad_jet: skip to drop such jets)"
+                        f"{path}: row {start + index}: column '{column}' holds NaN or inf "
+                        "(set data.on_bad_jet: skip to drop such jets)"
                     )
                 if not skipped:
-                    first_bad = f"first at row {start + index}, column '{where[index]}'"
-                skipped += int(bad.sum())
-                stats.bad_jets_skipped += int(bad.sum())
+                    first_bad = f"first at row {start + index}, column '{column}'"
+                count = int(bad.sum())
+                skipped += count
+                stats.bad_jets_skipped += count
                 jets = jets.take(~bad)
             start += n
             if len(jets):
