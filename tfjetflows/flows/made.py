@@ -64,9 +64,7 @@ def input_degrees(event_size: int, order: Order = "left-to-right") -> np.ndarray
         )
     perm = [int(i) for i in order]
     if sorted(perm) != list(range(event_size)):
-        raise ValueError(
-            f"MADE: order {list(order)!r} is not a permutation of 0..{event_size - 1}"
-        )
+        raise ValueError(f"MADE: order {list(order)!r} is not a permutation of 0..{event_size - 1}")
     degrees = np.empty(event_size, dtype=np.int64)
     degrees[perm] = np.arange(1, event_size + 1)
     return degrees
@@ -96,6 +94,13 @@ def masks(
 
     Returns:
         ``len(hidden_units) + 1`` float arrays; the last has D columns (one per output dimension).
+
+    Example:
+        >>> first, last = masks(3, [4])
+        >>> first.astype(int).tolist()
+        [[1, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 0]]
+        >>> (first @ last > 0).astype(int).tolist()  # input i reaches output j iff i < j
+        [[0, 1, 1], [0, 0, 1], [0, 0, 0]]
     """
     degrees = [input_degrees(event_size, order)]
     for units in hidden_units:
@@ -210,18 +215,20 @@ class MADE(keras.layers.Layer):
         self.log_scale_clamp = None if log_scale_clamp is None else float(log_scale_clamp)
         self.output_init_scale = float(output_init_scale)
         layer_masks = masks(self.event_size, self.hidden_units, self.order)
-        self.hidden_layers = [
-            MaskedDense(mask, self.context_size, name=f"hidden_{i}", dtype=self.dtype_policy)
-            for i, mask in enumerate(layer_masks[:-1])
-        ]
-        # One output layer for (shift, log_scale): the output mask tiled twice.
-        self.output_layer = MaskedDense(
-            np.concatenate([layer_masks[-1], layer_masks[-1]], axis=1),
-            self.context_size,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=self.output_init_scale),
-            name="output",
-            dtype=self.dtype_policy,
-        )
+        # Create the sublayers' weights now, under this layer's name: made_0/hidden_0/kernel.
+        with keras.name_scope(self.name):
+            self.hidden_layers = [
+                MaskedDense(mask, self.context_size, name=f"hidden_{i}", dtype=self.dtype_policy)
+                for i, mask in enumerate(layer_masks[:-1])
+            ]
+            # One output layer for (shift, log_scale): the output mask tiled twice.
+            self.output_layer = MaskedDense(
+                np.concatenate([layer_masks[-1], layer_masks[-1]], axis=1),
+                self.context_size,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=self.output_init_scale),
+                name="output",
+                dtype=self.dtype_policy,
+            )
         self.built = True
 
     def call(self, inputs: object, context: object = None) -> tuple[object, object]:
