@@ -1,0 +1,416 @@
+"""Fit orchestration: from a config to a trained, checkpointed and exported flow.
+
+:func:`fit` is what ``tfjf fit`` runs. In order: open (or reopen, to resume) and lock the run
+folder, copy the console into ``output.log``, write the resolved config and the installed
+packages, count the jets that pass the selection and fit the preprocessing on a sample of them,
+build and compile the flow, restore the last checkpoint when resuming, train with Keras
+``fit`` and the callbacks (NaN guard, atomic checkpoints, learning-rate logging, CSV history,
+early stopping, W&B), then evaluate on the held-out jets, draw a picture of sampled jets and
+export the SavedModel (also copied to ``saved_models/NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfjetflows.config import Config, ConfigError, build_from_section, config_to_dict
+
+__all__ = [
+    "FLOWS",
+    "FitResult",
+    "build_flow",
+    "build_representation",
+    "evaluate_split",
+    "fit",
+    "resolve_data",
+]
+
+log = logging.getLogger("tfjetflows.training")
+
+
+def _flows() -> dict[str, Any]:
+    from tfjetflows.flows.maf import MAF
+
+    flows: dict[str, Any] = {"maf": MAF}
+    try:
+        from tfjetflows.flows.bnaf import BNAF
+    except ImportError:
+        return flows
+    flows["bnaf"] = BNAF
+    return flows
+
+
+FLOWS = _flows
+
+
+def resolve_data(files: Sequence[str]) -> list[Path]:
+    """Return the Parquet files named by ``files``, or the built-in synthetic data if empty."""
+    from tfjetflows.data.builtin import builtin_data
+    from tfjetflows.data.reader import resolve_paths
+
+    if files:
+        return resolve_paths(list(files))
+    return resolve_paths([builtin_data()])
+
+
+def build_representation(config: Config) -> Any:
+    """Build the representation of ``config`` (keys checked against its constructor)."""
+    from tfjetflows.data.representations import REPRESENTATIONS
+
+    return build_from_section(
+        REPRESENTATIONS, config.representation, f"{config.source}: section 'representation'"
+    )
+
+
+def build_flow(
+    config: Config, *, event_size: int, context_size: int, preprocessing: Mapping | None
+) -> Any:
+    """Build the flow of ``config`` for vectors of ``event_size`` and ``context_size``."""
+    return build_from_section(
+        FLOWS(),
+        config.model,
+        f"{config.source}: section 'model'",
+        event_size=event_size,
+        context_size=context_size,
+        preprocessing=preprocessing,
+    )
+
+
+@dataclass
+class FitResult:
+    """What a fit produced and measured."""
+
+    run_dir: Path
+    saved_model: Path | None = None
+    saved_model_copy: Path | None = None
+    sample_png: Path | None = None
+    curves_png: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    nan_step: int | None = None
+    epochs_done: int = 0
+
+
+def _learning_rate(config: Config, total_steps: int) -> Any:
+    import keras
+
+    training = config.training
+    if training.lr_schedule == "constant":
+        return training.learning_rate
+    if training.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            training.learning_rate, decay_steps=max(total_steps, 1)
+        )
+    raise ConfigError(
+        f"{config.source}: training.lr_schedule must be 'cosine' or 'constant', "
+        f"got {training.lr_schedule!r}"
+    )
+
+
+def _inputs(batch: Mapping[str, Any], conditions: Sequence[str]) -> Any:
+    return batch if conditions else batch["x"]
+
+
+def evaluate_split(
+    model: Any, dataset: Any, steps: int, representation: Any, conditions: Sequence[str]
+) -> dict[str, float]:
+    """Return held-out figures: NLL per jet with its standard error, nats/dim and bits/dim.
+
+    ``nll`` is of the representation vector in data units; ``jet_nll`` subtracts the known
+    density of the noise that fills empty slots, so it is the NLL of the jet itself.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def scores(x: tf.Tensor, context: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        log_prob = model.log_prob(x, context=context if conditions else None, training=False)
+        return log_prob, log_prob - representation.noise_log_prob(x)
+
+    values, jet_values = [], []
+    for batch in dataset.take(steps):
+        log_prob, jet_log_prob = scores(batch["x"], batch["context"])
+        values.append(log_prob.numpy())
+        jet_values.append(jet_log_prob.numpy())
+    nll = -np.concatenate(values).astype(np.float64)
+    jet_nll = -np.concatenate(jet_values).astype(np.float64)
+    dim = representation.dim
+    return {
+        "jets": int(len(nll)),
+        "nll": float(nll.mean()),
+        "nll_stderr": float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else 0.0,
+        "nats_per_dim": float(nll.mean() / dim),
+        "bits_per_dim": float(nll.mean() / dim / math.log(2.0)),
+        "jet_nll": float(jet_nll.mean()),
+        "finite_fraction": float(np.isfinite(nll).mean()),
+    }
+
+
+def gaussian_baseline(
+    preprocessing: Any, train_sample: np.ndarray, dataset: Any, steps: int, dim: int
+) -> dict[str, float]:
+    """NLL of a diagonal Gaussian fitted in the preprocessed space (same units as the flow)."""
+    import tensorflow as tf
+
+    z_train = preprocessing.inverse(tf.constant(train_sample)).numpy().astype(np.float64)
+    mean, std = z_train.mean(axis=0), np.maximum(z_train.std(axis=0), 1e-6)
+    nll = []
+    for batch in dataset.take(steps):
+        x = batch["x"]
+        z = preprocessing.inverse(x).numpy().astype(np.float64)
+        ildj = preprocessing.inverse_log_det_jacobian(x, event_ndims=1).numpy()
+        log_normal = -0.5 * (((z - mean) / std) ** 2 + np.log(2 * np.pi)) - np.log(std)
+        nll.append(-(log_normal.sum(axis=1) + ildj))
+    values = np.concatenate(nll)
+    return {
+        "nll": float(values.mean()),
+        "nats_per_dim": float(values.mean() / dim),
+        "bits_per_dim": float(values.mean() / dim / math.log(2.0)),
+    }
+
+
+def _real_images(split: Any, config: Config, n: int) -> np.ndarray | None:
+    """The first ``n`` held-out real jets (images as read), to show beside samples."""
+    from tfjetflows.data.pipeline import _selected_with_split
+
+    for batch, keep in _selected_with_split(
+        split.paths,
+        split.rows_per_file,
+        config.selection,
+        config.data,
+        config.seed,
+        want_validation=True,
+    ):
+        return batch.images[keep][:n]
+    return None
+
+
+def _save_atomically(model: Any, path: Path) -> Path:
+    """``model.save`` to a temporary name beside ``path``, then rename."""
+    from tfjetflows.atomic import atomic_path
+
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return Path(path)
+
+
+def fit(
+    config: Config,
+    *,
+    run_dir: str | Path,
+    resume: bool = False,
+    saved_models_dir: str | Path | None = "saved_models",
+    verbose: int | str = "auto",
+) -> FitResult:
+    """Train the flow described by ``config`` in ``run_dir``; see the module docstring.
+
+    Args:
+        config: the validated config (``config.data.files`` empty: built-in synthetic data).
+        run_dir: the run folder; it must not exist (or be empty) unless ``resume``.
+        resume: continue the run in ``run_dir`` from its last checkpoint.
+        saved_models_dir: where a copy of the SavedModel goes (``NAME`` = run folder name);
+            None: no copy.
+        verbose: Keras' progress-bar setting.
+
+    Returns:
+        A :class:`FitResult` with the paths written and the held-out figures.
+    """
+    from tfjetflows.training.run_dir import RunDirectory
+
+    run = RunDirectory.create(run_dir, resume=resume)
+    with run.locked(), run.tee_output():
+        return _fit_locked(config, run, resume, saved_models_dir, verbose)
+
+
+def _fit_locked(
+    config: Config, run: Any, resume: bool, saved_models_dir: Any, verbose: Any
+) -> FitResult:
+    import keras
+    import tensorflow as tf
+
+    from tfjetflows.data.pipeline import build_datasets, encode_conditions, scan_split
+    from tfjetflows.data.preprocessing import fit_preprocessing
+    from tfjetflows.evaluation.plots import plot_jet_grid, plot_training_curves
+    from tfjetflows.training.callbacks import (
+        AtomicCheckpoint,
+        LearningRateLogger,
+        NanGuard,
+        WandbLogger,
+        restore_checkpoint,
+    )
+    from tfjetflows.training.export_run import CONDITION_SAMPLE, MODEL_FILE, export_run
+
+    result = FitResult(run_dir=run.path)
+    run.write_config(config_to_dict(config))
+    run.write_requirements()
+    devices = [d.name for d in tf.config.list_logical_devices()]
+    print(f"run folder: {run.path}   devices: {', '.join(devices)}", flush=True)
+    keras.utils.set_random_seed(config.seed)
+
+    paths = resolve_data(config.data.files)
+    representation = build_representation(config)
+    split = scan_split(paths, config.selection, representation, config.data, config.seed)
+    print(
+        f"data: {len(paths)} files, {split.scanned} jets scanned, {split.kept} pass the "
+        f"selection ({split.train} train, {split.validation} validation); "
+        f"vector of {representation.dim} dims",
+        flush=True,
+    )
+    preprocessing = fit_preprocessing(representation, split.sample)
+    conditions = list(config.data.conditions)
+    model = build_flow(
+        config,
+        event_size=representation.dim,
+        context_size=len(conditions),
+        preprocessing=preprocessing.get_config(),
+    )
+    checkpoint_path = run.checkpoints_dir / "last.weights.h5"
+    initial_epoch = 0
+    epochs = config.training.epochs
+    datasets = build_datasets(
+        paths,
+        config.selection,
+        representation,
+        config.data,
+        config.seed,
+        split=split,
+    )
+    total_steps = epochs * datasets.train_steps
+    optimizer = keras.optimizers.Adam(
+        learning_rate=_learning_rate(config, total_steps), clipnorm=config.training.clipnorm
+    )
+    model.compile(
+        optimizer=optimizer,
+        jit_compile=config.training.jit_compile,
+        steps_per_execution=config.training.steps_per_execution,
+    )
+    first = next(iter(datasets.train.take(1)))
+    model(_inputs(first, conditions))
+    if resume and checkpoint_path.exists():
+        state = restore_checkpoint(model, checkpoint_path)
+        initial_epoch = state.epoch
+        print(f"resumed from {checkpoint_path}: epoch {state.epoch}, step {state.global_step}")
+        datasets = build_datasets(
+            paths,
+            config.selection,
+            representation,
+            config.data,
+            config.seed,
+            initial_epoch=initial_epoch,
+            split=split,
+        )
+
+    train = datasets.train
+    validation = datasets.validation
+    if not conditions:
+        train = train.map(lambda batch: batch["x"])
+        validation = validation.map(lambda batch: batch["x"]) if validation is not None else None
+
+    nan_guard = NanGuard()
+    callbacks: list[Any] = [
+        nan_guard,
+        AtomicCheckpoint(
+            run.checkpoints_dir, monitor="val_loss" if validation is not None else "loss"
+        ),
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(str(run.history_csv), append=resume),
+    ]
+    if config.training.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss" if validation is not None else "loss",
+                patience=config.training.early_stopping_patience,
+            )
+        )
+    can_sample = bool(getattr(model, "can_sample", True))
+    context_bank = encode_conditions(split.scalars, conditions) if conditions else None
+
+    @tf.function
+    def sample_fn(n: int, seed: tf.Tensor) -> tf.Tensor:
+        context = None if context_bank is None else tf.constant(context_bank[:n])
+        return model.sample(n, seed=seed, context=context)
+
+    wandb_logger = None
+    if config.wandb.enabled:
+
+        def sample_figure() -> Any:
+            from tfjetflows.evaluation.plots import jet_grid_figure
+
+            vectors = sample_fn(config.wandb.sample_images, tf.constant([1, 2]))
+            return jet_grid_figure(representation.decode(vectors).numpy(), n_jets=4)
+
+        wandb_logger = WandbLogger(
+            config.wandb.project,
+            config=config_to_dict(config),
+            run_dir=run.path,
+            mode=config.wandb.mode,
+            name=run.path.name,
+            sample_images_fn=sample_figure if can_sample else None,
+        )
+        callbacks.append(wandb_logger)
+
+    remaining = max(epochs - initial_epoch, 0)
+    print(
+        f"training {type(model).__name__}: {model.count_params()} parameters, epochs "
+        f"{initial_epoch + 1}-{epochs}, {datasets.train_steps} steps per epoch",
+        flush=True,
+    )
+    if remaining:
+        model.fit(
+            train,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=datasets.train_steps,
+            validation_data=validation,
+            validation_steps=datasets.validation_steps or None,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    if wandb_logger is not None:
+        wandb_logger.finish()
+    result.nan_step = nan_guard.bad_step
+    result.epochs_done = initial_epoch + len(model.history.epoch) if remaining else epochs
+
+    if datasets.validation is not None:
+        result.metrics["validation"] = evaluate_split(
+            model, datasets.validation, datasets.validation_steps, representation, conditions
+        )
+        result.metrics["gaussian_baseline"] = gaussian_baseline(
+            preprocessing,
+            split.sample,
+            datasets.validation,
+            datasets.validation_steps,
+            representation.dim,
+        )
+    result.metrics["data"] = datasets.summary()
+    (run.path / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    if run.history_csv.exists():
+        result.curves_png = plot_training_curves(
+            run.history_csv, run.plots_dir / "training_curves.png"
+        )
+    if can_sample:
+        samples = sample_fn(4, tf.constant([0, 0]))
+        real = _real_images(split, config, 4)
+        result.sample_png = plot_jet_grid(
+            run.plots_dir / "samples.png",
+            representation.decode(samples).numpy(),
+            real,
+            threshold=config.selection.threshold,
+        )
+    _save_atomically(model, run.path / MODEL_FILE)
+    np.save(run.path / CONDITION_SAMPLE, split.condition_sample(conditions), allow_pickle=False)
+    result.saved_model = export_run(run.path, run.saved_model_dir)
+    if saved_models_dir is not None:
+        copy = Path(saved_models_dir) / run.path.name
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(result.saved_model, copy)
+        result.saved_model_copy = copy
+    return result
