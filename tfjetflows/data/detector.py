@@ -72,7 +72,8 @@ class Constituents:
     jet: np.ndarray
 
     def __post_init__(self) -> None:
-        sizes = {name: np.shape(getattr(self, name)) for name in ("eta", "phi", "pt", "kind", "jet")}
+        names = ("eta", "phi", "pt", "kind", "jet")
+        sizes = {name: np.shape(getattr(self, name)) for name in names}
         if len(set(sizes.values())) != 1 or len(sizes["eta"]) != 1:
             raise DataError(f"constituent arrays must be 1-D and of equal length, got {sizes}")
 
@@ -102,6 +103,9 @@ class DetectorConfig:
         ecal_falloff: exponential lateral falloff length of ECAL showers, in crystals.
         hcal_kernel: side of the square tower window an HCAL shower is spread over (odd).
         hcal_falloff: exponential lateral falloff length of HCAL showers, in towers.
+        calo_reach_pt: charged particles below this pT curl up in the magnetic field before the
+            calorimeters (0.3 * 3.8 T * 1.29 m / 2 = 0.74 GeV for the CMS barrel) and leave a
+            track only.
         mip: energy a hadron that does not shower early leaves in the ECAL.
         early_shower: probability that a hadron starts its shower in the ECAL.
         early_fraction: range of the energy fraction an early-showering hadron leaves in the ECAL.
@@ -113,9 +117,10 @@ class DetectorConfig:
     hcal_stochastic: float = 1.0
     hcal_constant: float = 0.05
     ecal_kernel: int = 7
-    ecal_falloff: float = 0.6
+    ecal_falloff: float = 0.55
     hcal_kernel: int = 3
-    hcal_falloff: float = 0.35
+    hcal_falloff: float = 0.12
+    calo_reach_pt: float = 0.74
     mip: float = 0.3
     early_shower: float = 0.4
     early_fraction: tuple[float, float] = field(default=(0.2, 0.7))
@@ -124,7 +129,7 @@ class DetectorConfig:
         for name in ("ecal_kernel", "hcal_kernel"):
             size = getattr(self, name)
             if size < 1 or size % 2 == 0:
-                raise ValueError(f"DetectorConfig.{name} must be a positive odd integer, got {size}")
+                raise ValueError(f"DetectorConfig.{name} must be a positive odd number, got {size}")
 
 
 def _smear(energy: np.ndarray, stochastic: float, constant: float,
@@ -205,13 +210,14 @@ def detector_response(
     )
 
     # Split hadron energy between the calorimeters; photons are purely electromagnetic.
-    hadron = ~(kind == PHOTON)
+    hadron = kind != PHOTON
     lo, hi = cfg.early_fraction
     early = rng.random(len(pt)) < cfg.early_shower
     fraction = rng.uniform(lo, hi, len(pt))
     ecal_share = np.where(early, pt * fraction, np.minimum(pt, cfg.mip))
-    ecal_e = np.where(hadron, ecal_share, pt)
-    hcal_e = np.where(hadron, pt - ecal_share, 0.0)
+    reach = ~(charged & (pt < cfg.calo_reach_pt))
+    ecal_e = np.where(hadron, ecal_share, pt) * reach
+    hcal_e = np.where(hadron, pt - ecal_share, 0.0) * reach
 
     ecal_e = _smear(ecal_e, cfg.ecal_stochastic, cfg.ecal_constant, rng)
     keep = ecal_e > 0

@@ -90,7 +90,14 @@ class DataSplit:
     train: int = 0
     validation: int = 0
     sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)
     bad_jets_skipped: int = 0
+
+    def condition_sample(self, names: Sequence[str]) -> np.ndarray:
+        """Raw condition values [M, len(names)] of the sampled training jets (pt in GeV)."""
+        if not names:
+            return np.zeros((len(self.sample), 0), np.float32)
+        return np.stack([self.scalars[name] for name in names], axis=-1).astype(np.float32)
 
 
 def _selected_with_split(
@@ -149,6 +156,7 @@ def scan_split(
     stats, read_stats = SelectionStats(), ReadStats()
     rng = np.random.default_rng([seed, 104729])
     samples: list[np.ndarray] = []
+    scalar_samples: list[dict[str, np.ndarray]] = []
     collected = 0
     position = {path: k for k, path in enumerate(paths)}
     flags = [
@@ -165,6 +173,7 @@ def scan_split(
             images, scalars = _take(batch, train)
             encoded = representation.encode(images, scalars, rng)
             samples.append(encoded[: sample_size - collected])
+            scalar_samples.append({k: v[: len(samples[-1])] for k, v in scalars.items()})
             collected += len(samples[-1])
         if data.max_jets is not None and split.train + split.validation >= data.max_jets:
             break
@@ -178,6 +187,9 @@ def scan_split(
             f"and all went to validation (validation_fraction={data.validation_fraction})"
         )
     split.sample = np.concatenate(samples).astype(np.float32)
+    split.scalars = {
+        key: np.concatenate([part[key] for part in scalar_samples]) for key in scalar_samples[0]
+    }
     return split
 
 
@@ -200,7 +212,7 @@ def iter_encoded(
     batches (the remainder is dropped so epochs end on a batch boundary).
     """
     training = epoch is not None
-    rng = np.random.default_rng([seed, 15485863, -1 if epoch is None else epoch])
+    rng = np.random.default_rng([seed, 15485863, 0 if epoch is None else epoch + 1])
     order = rng.permutation(len(split.paths)) if training else np.arange(len(split.paths))
     limit = split.train if training else split.validation
     steps = limit // batch_size if training else -(-limit // batch_size)
