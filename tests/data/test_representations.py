@@ -402,3 +402,22 @@ def test_bad_image_shape(shape):
     rep = HitsRepresentation(hits_per_channel={"ecal": 2})
     with pytest.raises(DataError, match=r"\[N, 3, 125, 125\]"):
         rep.encode(np.zeros(shape, np.float32), {}, np.random.default_rng(0))
+
+
+def test_decode_hits_rows_match_decoded_image():
+    rep = HitsRepresentation(hits_per_channel={"tracks": 3, "hcal": 2})
+    images = np.zeros((2, 3, 125, 125), np.float32)
+    images[0, 0, 10, 20] = 5.0
+    images[0, 0, 11, 21] = -2.0
+    images[0, 2, 5:10, 15:20] = 7.0  # one HCAL tower (1, 3)
+    images[1, 0, 60, 60] = 1.0
+    x = rep.encode(images, {}, np.random.default_rng(0))
+    hits = rep.decode_hits(x).numpy()
+    assert hits.shape == (2, 5, 4)
+    np.testing.assert_array_equal(hits[0, 0], [0, 10, 20, 5.0])
+    np.testing.assert_array_equal(hits[0, 1], [0, 11, 21, -2.0])
+    np.testing.assert_array_equal(hits[0, 2], 0.0)  # third track slot is empty
+    np.testing.assert_array_equal(hits[0, 3], [2, 1, 3, 7.0])
+    np.testing.assert_array_equal(hits[0, 4], 0.0)
+    np.testing.assert_array_equal(hits[1, 0], [0, 60, 60, 1.0])
+    np.testing.assert_array_equal(hits[1, 1:], 0.0)

@@ -444,6 +444,28 @@ class HitsRepresentation(Representation):
             planes[c] = _upsample(plane, IMAGE_SHAPE[1] // grid)
         return _assemble(planes, batch)
 
+    def decode_hits(self, x: Any) -> tf.Tensor:
+        """Decode ``x`` [N, dim] into hit rows [N, sum K, 4]: (channel, eta, phi, energy).
+
+        ``channel`` is the image channel index (0 Tracks, 1 ECAL, 2 HCAL), ``eta``/``phi`` the
+        integer pixel (HCAL: tower) indices on the channel's grid; rows of empty slots are all
+        zero. Channels follow each other in the order of their blocks in ``x``.
+        """
+        import tensorflow as tf
+
+        x = _as_float_tensor(x)
+        rows = []
+        for c, k in self.hits_per_channel.items():
+            grid = CHANNEL_GRID[c]
+            n, slots = self._split(x, c)
+            kept = tf.range(k, dtype=x.dtype)[None, :] < self._kept(n, c)[:, None]
+            use = tf.logical_and(kept, tf.reduce_all(tf.math.is_finite(slots), axis=-1))
+            coords = tf.clip_by_value(tf.floor(slots[..., :2]), 0.0, grid - 1.0)
+            channel = tf.fill(tf.shape(slots[..., :1]), tf.cast(channel_index(c), x.dtype))
+            row = tf.concat([channel, coords, slots[..., 2:]], axis=-1)
+            rows.append(tf.where(use[..., None], row, tf.zeros_like(row)))
+        return tf.cast(tf.concat(rows, axis=1), tf.float32)
+
     def noise_log_prob(self, x: Any) -> tf.Tensor:
         """Sum over empty slots (found from ``floor(n)``) of the per-slot fill log-density."""
         import tensorflow as tf
