@@ -89,7 +89,7 @@ def test_gluons_are_broader_and_heavier(jets):
 def test_energy_is_centred(jets):
     total = jets[0].sum(axis=(0, 1))
     centre = IMAGE_SHAPE[1] // 2
-    core = total[centre - 12:centre + 13, centre - 12:centre + 13].sum()
+    core = total[centre - 12 : centre + 13, centre - 12 : centre + 13].sum()
     assert core > 0.7 * total.sum()
 
 
@@ -150,8 +150,11 @@ def test_jet_kinematics_two_photons():
 
 def _particles(kind: int, pt: float = 10.0, eta: float = 0.0, phi: float = 0.0) -> Constituents:
     return Constituents(
-        eta=np.array([eta]), phi=np.array([phi]), pt=np.array([pt]),
-        kind=np.array([kind]), jet=np.array([0]),
+        eta=np.array([eta]),
+        phi=np.array([phi]),
+        pt=np.array([pt]),
+        kind=np.array([kind]),
+        jet=np.array([0]),
     )
 
 
@@ -177,8 +180,11 @@ def test_detector_neutral_hadron_fills_hcal():
     rng = np.random.default_rng(1)
     n = 200
     particles = Constituents(
-        eta=np.zeros(n), phi=np.zeros(n), pt=np.full(n, 50.0),
-        kind=np.full(n, NEUTRAL_HADRON), jet=np.arange(n),
+        eta=np.zeros(n),
+        phi=np.zeros(n),
+        pt=np.full(n, 50.0),
+        kind=np.full(n, NEUTRAL_HADRON),
+        jet=np.arange(n),
     )
     images = detector_response(particles, n, rng)
     assert images[:, 0].sum() == 0
@@ -188,8 +194,9 @@ def test_detector_neutral_hadron_fills_hcal():
 
 
 def test_detector_soft_charged_leaves_only_a_track():
-    images = detector_response(_particles(CHARGED, pt=0.5), 1, np.random.default_rng(0),
-                               config=DetectorConfig())
+    images = detector_response(
+        _particles(CHARGED, pt=0.5), 1, np.random.default_rng(0), config=DetectorConfig()
+    )
     assert images[0, 0].sum() > 0
     assert images[0, 1:].sum() == 0
 
@@ -198,7 +205,8 @@ def test_detector_rejects_bad_input():
     with pytest.raises(DataError, match="out of range"):
         detector_response(_particles(PHOTON), 0, np.random.default_rng(0))
     with pytest.raises(DataError, match="equal length"):
-        Constituents(eta=np.zeros(2), phi=np.zeros(1), pt=np.zeros(2), kind=np.zeros(2),
-                     jet=np.zeros(2))
+        Constituents(
+            eta=np.zeros(2), phi=np.zeros(1), pt=np.zeros(2), kind=np.zeros(2), jet=np.zeros(2)
+        )
     with pytest.raises(ValueError, match="odd"):
         DetectorConfig(ecal_kernel=4)

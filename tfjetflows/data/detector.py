@@ -84,8 +84,10 @@ class Constituents:
     def concatenate(cls, parts: list[Constituents]) -> Constituents:
         """Join several sets of constituents (their jet indices must already be global)."""
         return cls(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in
-              ("eta", "phi", "pt", "kind", "jet"))
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("eta", "phi", "pt", "kind", "jet")
+            )
         )
 
 
@@ -132,8 +134,9 @@ class DetectorConfig:
                 raise ValueError(f"DetectorConfig.{name} must be a positive odd number, got {size}")
 
 
-def _smear(energy: np.ndarray, stochastic: float, constant: float,
-           rng: np.random.Generator) -> np.ndarray:
+def _smear(
+    energy: np.ndarray, stochastic: float, constant: float, rng: np.random.Generator
+) -> np.ndarray:
     """Smear energies with a positive Gamma response of mean ``E`` and relative width sigma(E)."""
     safe = np.maximum(energy, 1e-12)
     rel2 = stochastic**2 / safe + constant**2
@@ -141,8 +144,16 @@ def _smear(energy: np.ndarray, stochastic: float, constant: float,
     return rng.gamma(shape, safe / shape) * (energy > 0)
 
 
-def _spread(u: np.ndarray, v: np.ndarray, energy: np.ndarray, jet: np.ndarray, side: int,
-            kernel: int, falloff: float, n_jets: int) -> np.ndarray:
+def _spread(
+    u: np.ndarray,
+    v: np.ndarray,
+    energy: np.ndarray,
+    jet: np.ndarray,
+    side: int,
+    kernel: int,
+    falloff: float,
+    n_jets: int,
+) -> np.ndarray:
     """Spread deposits at continuous grid coordinates (u, v) over a kernel x kernel window.
 
     Cell ``i`` covers ``[i, i + 1)``. Weights fall off as ``exp(-d / falloff)`` with the distance
@@ -221,13 +232,22 @@ def detector_response(
 
     ecal_e = _smear(ecal_e, cfg.ecal_stochastic, cfg.ecal_constant, rng)
     keep = ecal_e > 0
-    images[:, 1] = _spread(u[keep], v[keep], ecal_e[keep], jet[keep], _SIDE, cfg.ecal_kernel,
-                           cfg.ecal_falloff, n_jets)
+    images[:, 1] = _spread(
+        u[keep], v[keep], ecal_e[keep], jet[keep], _SIDE, cfg.ecal_kernel, cfg.ecal_falloff, n_jets
+    )
 
     hcal_e = _smear(hcal_e, cfg.hcal_stochastic, cfg.hcal_constant, rng)
     keep = hcal_e > 0
-    towers = _spread(u[keep] / HCAL_TOWER, v[keep] / HCAL_TOWER, hcal_e[keep], jet[keep], _TOWERS,
-                     cfg.hcal_kernel, cfg.hcal_falloff, n_jets)
+    towers = _spread(
+        u[keep] / HCAL_TOWER,
+        v[keep] / HCAL_TOWER,
+        hcal_e[keep],
+        jet[keep],
+        _TOWERS,
+        cfg.hcal_kernel,
+        cfg.hcal_falloff,
+        n_jets,
+    )
     _suppress(towers)
     images[:, 2] = np.repeat(np.repeat(towers, HCAL_TOWER, axis=1), HCAL_TOWER, axis=2)
 

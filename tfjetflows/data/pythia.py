@@ -126,6 +126,8 @@ class _JetSource:
                 raise RuntimeError(f"Pythia rejected the setting {line!r}")
         if not self._pythia.init():
             raise RuntimeError(f"Pythia failed to initialise for label {label}")
+        # Silence the FastJet banner (printed on first use; shared by the awkward interface).
+        self._fastjet._swig.ClusterSequence.set_fastjet_banner_stream(None)
         self._jet_def = self._fastjet.JetDefinition(self._fastjet.antikt_algorithm, config.radius)
         self._charge: dict[int, float] = {}
         self._buffer = _Jets([], [], [])
@@ -254,4 +256,3 @@ def generate_pythia(
             pt[slot], m0[slot] = pulled[c].pt[k], pulled[c].m0[k]
         images = detector_response(Constituents.concatenate(parts), m, rng, config=detector)
         yield images, pt, m0, label.astype(np.float64)
-

@@ -96,6 +96,7 @@ def jet_kinematics(
     Returns:
         ``(pt, mass, rapidity, phi)`` of each jet, arrays [n_jets].
     """
+
     def total(values: np.ndarray) -> np.ndarray:
         return np.bincount(jet, weights=values, minlength=n_jets)
 
