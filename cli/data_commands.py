@@ -38,6 +38,7 @@ def make_data(
 ) -> None:
     """Write jets in the DeepFalcon Parquet schema into OUT_DIR."""
     from tfjetflows.data.generate import make_data as write_files
+    from tfjetflows.data.pythia import MissingExtraError
 
     try:
         paths = write_files(
@@ -50,6 +51,8 @@ def make_data(
         )
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
+    except MissingExtraError as err:
+        raise click.ClickException(str(err)) from None
     for path in paths:
         click.echo(str(path))
 

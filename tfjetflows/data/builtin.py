@@ -41,7 +41,12 @@ def builtin_data(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         make_data(staging, jets=jets, seed=seed, files=files)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(staging)  # another process finished first: use its copy
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -11,7 +11,9 @@ Reproducibility is by construction, not by luck:
   the dequantization noise, and ends on a batch boundary, so a run resumed at epoch ``e`` sees
   exactly the batches an uninterrupted run would have seen;
 - steps per epoch are known before training: one counting pass over the files (the selection
-  is applied while streaming, and no pixel data is kept).
+  is applied while streaming, and no pixel data is kept);
+- ``data.max_jets`` keeps the first ``max_jets`` selected jets in file order, the same jets in
+  every epoch (training and validation together never exceed it).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class DataSplit:
     sample: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
     bad_jets_skipped: int = 0
+    row_limits: list[int] | None = None
+    """With ``data.max_jets``: per file, only rows below this are used (None: all rows)."""
 
     def condition_sample(self, names: Sequence[str]) -> np.ndarray:
         """Raw condition values [M, len(names)] of the sampled training jets (pt in GeV)."""
@@ -111,10 +115,16 @@ def _selected_with_split(
     file_order: Sequence[int] | None = None,
     stats: SelectionStats | None = None,
     read_stats: ReadStats | None = None,
+    row_limits: Sequence[int] | None = None,
 ) -> Iterator[Any]:
-    """Yield selected batches restricted to one side of the train/validation split."""
+    """Yield selected batches restricted to one side of the train/validation split.
+
+    ``row_limits`` (see :attr:`DataSplit.row_limits`) restricts each file to its first rows.
+    """
     position = {path: k for k, path in enumerate(paths)}
     order = list(file_order) if file_order is not None else list(range(len(paths)))
+    if row_limits is not None:
+        order = [k for k in order if row_limits[k] > 0]
     flags = {
         k: _validation_flags(seed, k, rows_per_file[k], data.validation_fraction) for k in order
     }
@@ -126,8 +136,11 @@ def _selected_with_split(
         stats=stats,
         read_stats=read_stats,
     ):
-        in_validation = flags[position[batch.file]][batch.rows]
+        k = position[batch.file]
+        in_validation = flags[k][batch.rows]
         keep = in_validation if want_validation else ~in_validation
+        if row_limits is not None:
+            keep &= batch.rows < row_limits[k]
         if keep.any():
             yield batch, keep
 
@@ -151,6 +164,8 @@ def scan_split(
     The sample feeds the preprocessing's standardization. Raises ``DataError`` when no jet
     passes the selection (a full pass is made, then it stops: it never loops forever).
     """
+    if data.max_jets is not None and data.max_jets < 1:
+        raise ConfigError(f"data.max_jets must be a positive integer or null, got {data.max_jets}")
     rows = validate_files(paths)
     split = DataSplit(paths=list(paths), rows_per_file=list(rows))
     stats, read_stats = SelectionStats(), ReadStats()
@@ -166,6 +181,15 @@ def scan_split(
         list(paths), selection, on_bad_jet=data.on_bad_jet, stats=stats, read_stats=read_stats
     ):
         in_validation = flags[position[batch.file]][batch.rows]
+        room = None if data.max_jets is None else data.max_jets - split.train - split.validation
+        if room is not None and len(batch) >= room:  # the cap is reached in this batch
+            last = position[batch.file]
+            split.row_limits = [
+                n if k < last else int(batch.rows[room - 1]) + 1 if k == last else 0
+                for k, n in enumerate(rows)
+            ]
+            batch = batch.take(np.arange(len(batch)) < room)
+            in_validation = in_validation[:room]
         split.validation += int(in_validation.sum())
         train = ~in_validation
         split.train += int(train.sum())
@@ -175,12 +199,10 @@ def scan_split(
             samples.append(encoded[: sample_size - collected])
             scalar_samples.append({k: v[: len(samples[-1])] for k, v in scalars.items()})
             collected += len(samples[-1])
-        if data.max_jets is not None and split.train + split.validation >= data.max_jets:
+        if split.row_limits is not None:
             break
     split.scanned, split.kept = stats.scanned, stats.kept
     split.bad_jets_skipped = read_stats.bad_jets_skipped
-    if data.max_jets is not None:
-        split.train = min(split.train, data.max_jets)
     if split.train == 0:
         raise DataError(
             f"no training jets: {split.kept} jets passed the selection in {len(paths)} files "
@@ -250,6 +272,7 @@ def iter_encoded(
         seed,
         want_validation=not training,
         file_order=order,
+        row_limits=split.row_limits,
     ):
         images, scalars = _take(batch, keep)
         if seen + len(images) > limit:
