@@ -10,7 +10,7 @@ import os
 
 import click
 
-from cli import data_commands, model_commands
+from cli import data_commands, eval_commands, model_commands
 from tfjetflows import __version__
 
 __all__ = ["main"]
@@ -24,5 +24,5 @@ def main() -> None:
     """Normalizing flows (MAF, BNAF) as fast detector simulation of calorimeter jet images."""
 
 
-for _command in (*data_commands.COMMANDS, *model_commands.COMMANDS):
+for _command in (*data_commands.COMMANDS, *model_commands.COMMANDS, *eval_commands.COMMANDS):
     main.add_command(_command)

@@ -78,7 +78,11 @@ class SelectionConfig:
 
 @dataclass
 class TrainingConfig:
-    """Optimisation: epochs, learning rate and its schedule, clipping and early stopping."""
+    """Optimisation: epochs, learning rate and its schedule, clipping and early stopping.
+
+    ``evaluation_samples`` jets are sampled after training and compared with as many held-out
+    jets (W1 of hit multiplicity and energy sum per channel, in ``metrics.json``); 0 skips it.
+    """
 
     epochs: int = 20
     learning_rate: float = 1e-3
@@ -87,6 +91,7 @@ class TrainingConfig:
     early_stopping_patience: int | None = None
     steps_per_execution: int = 1
     jit_compile: bool = False
+    evaluation_samples: int = 1000
 
 
 @dataclass
