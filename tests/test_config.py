@@ -91,3 +91,25 @@ def test_build_from_section_checks_keys():
         build_from_section(
             registry, {"kind": "thing", "width": 1, "event_size": 2}, "f.yaml", event_size=5
         )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epochs=abc", "'epochs' must be an integer"),
+        ("training.epochs=2.5", "'epochs' must be an integer"),
+        ("data.conditions=y", "'conditions' must be a list"),
+        ("training.jit_compile=3", "'jit_compile' must be true or false"),
+        ("training.learning_rate=fast", "'learning_rate' must be a number"),
+    ],
+)
+def test_wrong_types_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_yaml11_exponent_numbers_become_floats():
+    # PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4); a float field takes it as a number
+    config = load_config(overrides=["training.learning_rate=1e-4", "selection.energy_min=5"])
+    assert config.training.learning_rate == pytest.approx(1e-4)
+    assert config.selection.energy_min == 5.0

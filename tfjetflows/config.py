@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +144,52 @@ def _dataclass_from(cls: type[T], values: Any, where: str) -> T:
             raise ConfigError(
                 f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(names))}"
             )
-    return cls(**dict(values))
+    hints = typing.get_type_hints(cls)
+    return cls(
+        **{
+            key: _coerce(value, hints[key], f"{where}: key {key!r}")
+            for key, value in values.items()
+        }
+    )
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field's type; numbers written like ``1e-4`` become floats.
+
+    (YAML 1.1, which PyYAML follows, reads ``1e-4`` as a string: it wants ``1.0e-4``.)
+    """
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(item, args[0], where) for item in value] if args else value
+    else:
+        return value
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    kind = "a list" if origin is list else kinds.get(annotation, str(annotation))
+    raise ConfigError(f"{where} must be {kind}, got {value!r}")
 
 
 def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
@@ -172,9 +219,7 @@ def _apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(
-    path: str | Path | None = None, overrides: Iterable[str] = ()
-) -> Config:
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """Read a YAML config, apply ``--set`` overrides, and validate it.
 
     Args:
@@ -257,8 +302,7 @@ def build_from_section(
         if key in extra or (key not in params and not accepts_any):
             allowed = sorted(k for k in params if k not in extra and k != "self")
             raise ConfigError(
-                f"{where}: unknown key {key!r} for kind {kind!r}; known keys: "
-                f"{', '.join(allowed)}"
+                f"{where}: unknown key {key!r} for kind {kind!r}; known keys: {', '.join(allowed)}"
             )
     try:
         return factory(**kwargs, **extra)

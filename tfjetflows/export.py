@@ -63,9 +63,7 @@ class FlowModule(tf.Module):
         x_spec = tf.TensorSpec([None, dim], tf.float32, name="x")
         scalar_specs = [tf.TensorSpec([None], tf.float32, name=name) for name in self.conditions]
         self.log_prob = tf.function(self._log_prob, input_signature=[x_spec, *scalar_specs])
-        self.jet_log_prob = tf.function(
-            self._jet_log_prob, input_signature=[x_spec, *scalar_specs]
-        )
+        self.jet_log_prob = tf.function(self._jet_log_prob, input_signature=[x_spec, *scalar_specs])
         n_spec = tf.TensorSpec([], tf.int32, name="n")
         seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
         if self.can_sample:
@@ -161,6 +159,8 @@ def export_saved_model(
         **(metadata or {}),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         tf.saved_model.save(module, str(staging))

@@ -3,7 +3,8 @@
 Only TensorFlow is needed to run the model (``tf.saved_model.load``); this module adds the
 checks a user needs (is it a SavedModel, can it sample, does it take these conditions), the
 batching that keeps memory flat for any ``n``, the jet-level columns (``pt``, ``m0`` from the
-generated images, ``y`` from the condition) and the atomic Parquet write.
+generated images, ``y`` from the condition, or :data:`NO_LABEL` for an unconditional model) and
+the atomic Parquet write.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ import numpy as np
 
 from tfjetflows.errors import ModelError
 
-__all__ = ["load_exported", "sample_batches", "sample_to_parquet"]
+__all__ = ["NO_LABEL", "load_exported", "sample_batches", "sample_to_parquet"]
 
 _INT32_MAX = 2**31 - 1
+
+# The ``y`` written for jets of an unconditional model: not a class (quark 0, gluon 1), and
+# finite, so the files read back (the reader refuses NaN labels) and no label selection keeps
+# them.
+NO_LABEL = -1.0
 
 
 def load_exported(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
@@ -160,7 +166,7 @@ def sample_to_parquet(
         ):
             images = batch["images"]
             jet_pt, jet_mass = jet_pt_mass(images, threshold)
-            labels = batch.get("y", np.full(len(images), np.nan))
+            labels = batch.get("y", np.full(len(images), NO_LABEL))
             write(images, jet_pt, jet_mass, labels)
             if shown is None:
                 shown = images[:4]

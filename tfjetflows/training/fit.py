@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tfjetflows.atomic import atomic_path, atomic_write_text
 from tfjetflows.config import Config, ConfigError, build_from_section, config_to_dict
 
 __all__ = [
@@ -177,9 +179,10 @@ def gaussian_baseline(
 
 
 def _real_images(split: Any, config: Config, n: int) -> np.ndarray | None:
-    """The first ``n`` held-out real jets (images as read), to show beside samples."""
+    """The first ``n`` held-out real jets (images as read)."""
     from tfjetflows.data.pipeline import _selected_with_split
 
+    parts, found = [], 0
     for batch, keep in _selected_with_split(
         split.paths,
         split.rows_per_file,
@@ -188,14 +191,85 @@ def _real_images(split: Any, config: Config, n: int) -> np.ndarray | None:
         config.seed,
         want_validation=True,
     ):
-        return batch.images[keep][:n]
-    return None
+        parts.append(batch.images[keep][: n - found])
+        found += len(parts[-1])
+        if found >= n:
+            break
+    return np.concatenate(parts) if parts else None
+
+
+def sample_quality(
+    draw: Any, representation: Any, real: np.ndarray, threshold: float, *, batch: int = 250
+) -> dict[str, Any]:
+    """W1 between sampled and held-out jets of each channel's hit multiplicity and energy sum.
+
+    Real jets are compared twice: as read, and as the representation sees them
+    (``decode(encode(jet))``, i.e. truncated to the top-K hits). The second is what a perfect
+    flow could reach, so the difference between the two is the representation's share.
+    """
+    import tensorflow as tf
+
+    from tfjetflows.evaluation.metrics import basic_observables, observable_distances
+
+    channels = list(getattr(representation, "channels", ["tracks", "ecal", "hcal"]))
+    generated = []
+    for k, start in enumerate(range(0, len(real), batch)):
+        size = min(batch, len(real) - start)
+        vectors = draw(size, tf.constant([17, k], tf.int32))
+        generated.append(representation.decode(vectors).numpy())
+    sampled = basic_observables(np.concatenate(generated), channels, threshold)
+    heldout = basic_observables(real, channels, threshold)
+    seen = representation.decode(representation.encode(real, {}, np.random.default_rng(0)))
+    represented = basic_observables(seen.numpy(), channels, threshold)
+    return {
+        "jets": len(real),
+        "w1_vs_heldout": observable_distances(sampled, heldout),
+        "w1_vs_heldout_as_represented": observable_distances(sampled, represented),
+        "heldout_mean": {k: float(v.mean()) for k, v in heldout.items()},
+        "generated_mean": {k: float(v.mean()) for k, v in sampled.items()},
+    }
+
+
+def _trim_history(path: Path, epochs: int) -> None:
+    """Keep only the rows of ``history.csv`` for the first ``epochs`` epochs (the checkpoint's).
+
+    A resumed fit appends the rows of the epochs it (re)does; rows of an epoch that was finished
+    but not checkpointed before a kill would otherwise appear twice. No row left: no file.
+    """
+    import csv
+
+    from tfjetflows.atomic import atomic_write_text
+
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    width = len(next(csv.reader(lines[:1])))
+    kept = [
+        line
+        for line, row in zip(lines[1:], csv.reader(lines[1:]), strict=True)
+        if len(row) == width and row[0].isdigit() and int(row[0]) < epochs
+    ]
+    if kept:
+        atomic_write_text(path, lines[0] + "".join(kept))
+    else:
+        path.unlink()
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Replace NaN/inf by None, recursively, so the JSON is strict (no NaN/Infinity tokens)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _save_atomically(model: Any, path: Path) -> Path:
     """``model.save`` to a temporary name beside ``path``, then rename."""
-    from tfjetflows.atomic import atomic_path
-
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
     return Path(path)
@@ -307,6 +381,8 @@ def _fit_locked(
             split=split,
         )
 
+    if resume:
+        _trim_history(run.history_csv, initial_epoch)
     train = datasets.train
     validation = datasets.validation
     if not conditions:
@@ -314,13 +390,15 @@ def _fit_locked(
         validation = validation.map(lambda batch: batch["x"]) if validation is not None else None
 
     nan_guard = NanGuard()
+    # The history row of an epoch is written before its checkpoint: a fit killed between the
+    # two redoes that epoch when resumed, and _trim_history drops the row written twice.
     callbacks: list[Any] = [
         nan_guard,
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(str(run.history_csv), append=resume),
         AtomicCheckpoint(
             run.checkpoints_dir, monitor="val_loss" if validation is not None else "loss"
         ),
-        LearningRateLogger(),
-        keras.callbacks.CSVLogger(str(run.history_csv), append=resume),
     ]
     if config.training.early_stopping_patience:
         callbacks.append(
@@ -372,6 +450,7 @@ def _fit_locked(
             validation_steps=datasets.validation_steps or None,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # the pipeline shuffles, reproducibly per epoch
         )
     if wandb_logger is not None:
         wandb_logger.finish()
@@ -389,8 +468,19 @@ def _fit_locked(
             datasets.validation_steps,
             representation.dim,
         )
+    n_quality = min(config.training.evaluation_samples, split.validation)
+    if can_sample and n_quality > 0 and representation.decodes_images:
+        real = _real_images(split, config, n_quality)
+        if real is not None:
+            start = time.perf_counter()
+            result.metrics["sample_quality"] = sample_quality(
+                sample_fn, representation, real, config.selection.threshold
+            )
+            result.metrics["sample_quality"]["seconds"] = time.perf_counter() - start
     result.metrics["data"] = datasets.summary()
-    (run.path / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    atomic_write_text(
+        run.path / "metrics.json", json.dumps(_finite_or_none(result.metrics), indent=2)
+    )
     if run.history_csv.exists():
         result.curves_png = plot_training_curves(
             run.history_csv, run.plots_dir / "training_curves.png"
@@ -405,7 +495,8 @@ def _fit_locked(
             threshold=config.selection.threshold,
         )
     _save_atomically(model, run.path / MODEL_FILE)
-    np.save(run.path / CONDITION_SAMPLE, split.condition_sample(conditions), allow_pickle=False)
+    with atomic_path(run.path / CONDITION_SAMPLE, suffix=".npy") as tmp:
+        np.save(tmp, split.condition_sample(conditions), allow_pickle=False)
     result.saved_model = export_run(run.path, run.saved_model_dir)
     if saved_models_dir is not None:
         copy = Path(saved_models_dir) / run.path.name
