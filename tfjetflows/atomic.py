@@ -8,12 +8,13 @@ The temporary file gets the permissions an ordinary ``open`` would give (``mkste
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "staged_dir"]
 
 
 def _umask() -> int:
@@ -58,3 +59,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
     return path
+
+
+@contextmanager
+def staged_dir(path: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; on success it becomes ``path``.
+
+    If ``path`` exists by then, ``replace=True`` swaps it out for the new folder and
+    ``replace=False`` keeps it (another process finished first) and drops the staged copy. If
+    the block raises, the staging folder is removed and ``path`` is untouched. Staging folders
+    left by a killed process (``.NAME.*``) are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        if path.exists() and replace:
+            shutil.rmtree(path)
+        if path.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

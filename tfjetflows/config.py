@@ -82,6 +82,12 @@ class SelectionConfig:
 class TrainingConfig:
     """Optimisation: epochs, learning rate and its schedule, clipping and early stopping.
 
+    ``lr_schedule``: ``cosine`` (decay to 0 over all steps), ``constant``, or ``plateau``
+    (halve the rate when the validation loss has not improved for ``plateau_patience`` epochs,
+    the BNAF paper's recipe). ``amsgrad`` switches Adam to AMSGrad; ``ema_momentum`` turns on
+    Polyak averaging of the weights (an exponential moving average that replaces the weights
+    at the end of training).
+
     ``evaluation_samples`` jets are sampled after training and compared with as many held-out
     jets (W1 of hit multiplicity and energy sum per channel, in ``metrics.json``); 0 skips it.
     """
@@ -89,6 +95,9 @@ class TrainingConfig:
     epochs: int = 20
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
+    plateau_patience: int = 5
+    amsgrad: bool = False
+    ema_momentum: float | None = None
     clipnorm: float | None = 5.0
     early_stopping_patience: int | None = None
     steps_per_execution: int = 1

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfjetflows.atomic import staged_dir
 from tfjetflows.data.pipeline import PT_REFERENCE
 from tfjetflows.data.representations import Representation
 
@@ -158,21 +157,11 @@ def export_saved_model(
         "can_sample": module.can_sample,
         **(metadata or {}),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by a killed export
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, replace=True) as staging:
         tf.saved_model.save(module, str(staging))
         assets = staging / "assets"
         assets.mkdir(exist_ok=True)
         (assets / METADATA_FILE).write_text(json.dumps(facts, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

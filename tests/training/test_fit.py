@@ -267,3 +267,35 @@ def test_nan_guard_stops_restores_and_still_exports(tiny_config, tmp_path):
     assert (result.saved_model / "saved_model.pb").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"]["train"] == 272
+
+
+def test_bnaf_paper_recipe_plateau_amsgrad_polyak(tiny_config, tmp_path):
+    """lr halving on plateau, AMSGrad and Polyak averaging run through fit."""
+    import keras
+
+    from tfjetflows.training.fit import fit
+
+    config = tiny_config(
+        "training.epochs=4",
+        "training.lr_schedule=plateau",
+        "training.plateau_patience=0",
+        "training.amsgrad=true",
+        "training.ema_momentum=0.9",
+        "training.evaluation_samples=0",
+    )
+    result = fit(config, run_dir=tmp_path / "run", saved_models_dir=None, verbose=0)
+    with open(result.run_dir / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rates = [float(row["learning_rate"]) for row in rows]
+    losses = [float(row["val_loss"]) for row in rows]
+    assert rates[0] == pytest.approx(1e-3)
+    # patience 0: the rate halves after exactly the epochs whose val_loss did not improve
+    best = losses[0]
+    for epoch in range(1, len(rows)):
+        improved = losses[epoch - 1] < best - 1e-4 if epoch > 1 else True
+        best = min(best, losses[epoch - 1])
+        expected = rates[epoch - 1] if improved else rates[epoch - 1] / 2
+        assert rates[epoch] == pytest.approx(expected)
+    optimizer = keras.saving.load_model(result.run_dir / "model.keras").optimizer
+    assert optimizer.get_config()["amsgrad"] is True
+    assert optimizer.get_config()["use_ema"] is True

@@ -9,9 +9,9 @@ a half data set behind.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from tfjetflows.atomic import staged_dir
 
 __all__ = ["BUILTIN_FILES", "BUILTIN_JETS", "BUILTIN_SEED", "builtin_data", "cache_root"]
 
@@ -37,17 +37,7 @@ def builtin_data(
     target = cache_root() / f"synthetic-{jets}jets-{files}files-seed{seed}"
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # two processes may generate at once: the first to finish wins, the other uses its copy
+    with staged_dir(target, replace=False) as staging:
         make_data(staging, jets=jets, seed=seed, files=files)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            shutil.rmtree(staging)  # another process finished first: use its copy
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -105,14 +105,14 @@ def _learning_rate(config: Config, total_steps: int) -> Any:
     import keras
 
     training = config.training
-    if training.lr_schedule == "constant":
+    if training.lr_schedule in ("constant", "plateau"):
         return training.learning_rate
     if training.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             training.learning_rate, decay_steps=max(total_steps, 1)
         )
     raise ConfigError(
-        f"{config.source}: training.lr_schedule must be 'cosine' or 'constant', "
+        f"{config.source}: training.lr_schedule must be 'cosine', 'constant' or 'plateau', "
         f"got {training.lr_schedule!r}"
     )
 
@@ -358,7 +358,11 @@ def _fit_locked(
     )
     total_steps = epochs * datasets.train_steps
     optimizer = keras.optimizers.Adam(
-        learning_rate=_learning_rate(config, total_steps), clipnorm=config.training.clipnorm
+        learning_rate=_learning_rate(config, total_steps),
+        clipnorm=config.training.clipnorm,
+        amsgrad=config.training.amsgrad,
+        use_ema=config.training.ema_momentum is not None,
+        ema_momentum=config.training.ema_momentum or 0.99,
     )
     model.compile(
         optimizer=optimizer,
@@ -396,10 +400,22 @@ def _fit_locked(
         nan_guard,
         LearningRateLogger(),
         keras.callbacks.CSVLogger(str(run.history_csv), append=resume),
+    ]
+    if config.training.lr_schedule == "plateau":
+        # after the CSV row (which shows the rate the epoch used), before the checkpoint (which
+        # stores the halved rate); its patience counter restarts on resume
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss" if validation is not None else "loss",
+                factor=0.5,
+                patience=config.training.plateau_patience,
+            )
+        )
+    callbacks.append(
         AtomicCheckpoint(
             run.checkpoints_dir, monitor="val_loss" if validation is not None else "loss"
-        ),
-    ]
+        )
+    )
     if config.training.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(
