@@ -97,6 +97,12 @@ class DataSplit:
     row_limits: list[int] | None = None
     """With ``data.max_jets``: per file, only rows below this are used (None: all rows)."""
 
+    def condition_context(self, names: Sequence[str]) -> np.ndarray:
+        """Encoded conditions [M, len(names)] of the sampled training jets (model inputs)."""
+        if not names:
+            return np.zeros((len(self.sample), 0), np.float32)
+        return encode_conditions(self.scalars, names)
+
     def condition_sample(self, names: Sequence[str]) -> np.ndarray:
         """Raw condition values [M, len(names)] of the sampled training jets (pt in GeV)."""
         if not names:

@@ -11,6 +11,7 @@ export the SavedModel (also copied to ``saved_models/NAME``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tfjetflows.atomic import atomic_path, atomic_write_text
+from tfjetflows.atomic import atomic_path, atomic_write_text, staged_dir
 from tfjetflows.config import Config, ConfigError, build_from_section, config_to_dict
 
 __all__ = [
@@ -309,7 +310,7 @@ def _fit_locked(
     import keras
     import tensorflow as tf
 
-    from tfjetflows.data.pipeline import build_datasets, encode_conditions, scan_split
+    from tfjetflows.data.pipeline import build_datasets, scan_split
     from tfjetflows.data.preprocessing import fit_preprocessing
     from tfjetflows.evaluation.plots import plot_jet_grid, plot_training_curves
     from tfjetflows.training.callbacks import (
@@ -369,8 +370,12 @@ def _fit_locked(
         jit_compile=config.training.jit_compile,
         steps_per_execution=config.training.steps_per_execution,
     )
-    first = next(iter(datasets.train.take(1)))
-    model(_inputs(first, conditions))
+    # build the weights on a few sampled training vectors (no pass over the input pipeline)
+    model(
+        _inputs(
+            {"x": split.sample[:2], "context": split.condition_context(conditions)[:2]}, conditions
+        )
+    )
     if resume and checkpoint_path.exists():
         state = restore_checkpoint(model, checkpoint_path)
         initial_epoch = state.epoch
@@ -424,7 +429,7 @@ def _fit_locked(
             )
         )
     can_sample = bool(getattr(model, "can_sample", True))
-    context_bank = encode_conditions(split.scalars, conditions) if conditions else None
+    context_bank = split.condition_context(conditions) if conditions else None
 
     @tf.function
     def sample_fn(n: int, seed: tf.Tensor) -> tf.Tensor:
@@ -456,20 +461,19 @@ def _fit_locked(
         f"{initial_epoch + 1}-{epochs}, {datasets.train_steps} steps per epoch",
         flush=True,
     )
-    if remaining:
-        model.fit(
-            train,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=datasets.train_steps,
-            validation_data=validation,
-            validation_steps=datasets.validation_steps or None,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the pipeline shuffles, reproducibly per epoch
-        )
-    if wandb_logger is not None:
-        wandb_logger.finish()
+    with wandb_logger if wandb_logger is not None else contextlib.nullcontext():
+        if remaining:
+            model.fit(
+                train,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=datasets.train_steps,
+                validation_data=validation,
+                validation_steps=datasets.validation_steps or None,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the pipeline shuffles, reproducibly per epoch
+            )
     result.nan_step = nan_guard.bad_step
     result.epochs_done = initial_epoch + len(model.history.epoch) if remaining else epochs
 
@@ -516,8 +520,7 @@ def _fit_locked(
     result.saved_model = export_run(run.path, run.saved_model_dir)
     if saved_models_dir is not None:
         copy = Path(saved_models_dir) / run.path.name
-        if copy.exists():
-            shutil.rmtree(copy)
-        shutil.copytree(result.saved_model, copy)
+        with staged_dir(copy, replace=True) as staging:
+            shutil.copytree(result.saved_model, staging, dirs_exist_ok=True)
         result.saved_model_copy = copy
     return result
