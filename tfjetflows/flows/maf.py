@@ -18,7 +18,8 @@ passes per block, in a ``tf.while_loop``), so call it inside ``tf.function``.
 
 Inputs of ``call``/``fit``: an unconditional model takes the tensor ``x`` [batch, D]; a conditional
 model takes a dict ``{"x": [batch, D], "context": [batch, C]}``. (A tuple would be read by Keras as
-``(x, y)``.) Datasets for ``fit`` yield inputs only, no targets.
+``(x, y)``.) Datasets for ``fit`` yield inputs only, no targets. Inputs, loss, metrics,
+preprocessing and config are shared with BNAF in :class:`~tfjetflows.flows.density.DensityModel`.
 
 References:
     [1] George Papamakarios, Theo Pavlakou, Iain Murray. Masked Autoregressive Flow for Density
@@ -30,15 +31,15 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfjetflows.flows.batchnorm import BatchNormBijector, BatchNormLayer
+from tfjetflows.flows.density import DensityModel
 from tfjetflows.flows.made import MADE
-from tfjetflows.flows.metrics import LogProbStats
 
 __all__ = ["MAF"]
 
@@ -55,32 +56,8 @@ def _made_fn(made: MADE) -> Any:
     return shift_and_log_scale
 
 
-def _build_preprocessing(
-    preprocessing: Mapping | tfb.Bijector | None, dtype: str
-) -> tfb.Bijector | None:
-    """Return the preprocessing bijector in ``dtype`` from its config (or check the bijector)."""
-    if preprocessing is None:
-        return None
-    if isinstance(preprocessing, tfb.Bijector):
-        if preprocessing.dtype is not None and tf.as_dtype(preprocessing.dtype) != dtype:
-            raise ValueError(
-                f"MAF: the preprocessing bijector {preprocessing.name!r} has dtype "
-                f"{tf.as_dtype(preprocessing.dtype).name}, the model {dtype}"
-            )
-        return preprocessing
-    if not isinstance(preprocessing, Mapping):
-        raise TypeError(
-            "MAF: preprocessing must be None, a tfb.Bijector or the config mapping of "
-            f"tfjetflows.data.preprocessing.Preprocessing, got {type(preprocessing).__name__}"
-        )
-    from tfjetflows.data.preprocessing import Preprocessing
-
-    # The flow's dtype wins over the dtype recorded in the config.
-    return Preprocessing.from_config({**preprocessing, "dtype": dtype})
-
-
 @keras.saving.register_keras_serializable(package="tfjetflows")
-class MAF(keras.Model):
+class MAF(DensityModel):
     """Masked Autoregressive Flow (Papamakarios et al. 2017) with optional conditioning.
 
     Args:
@@ -106,6 +83,8 @@ class MAF(keras.Model):
         TensorShape([3, 2])
     """
 
+    can_sample: ClassVar[bool] = True
+
     def __init__(
         self,
         *,
@@ -120,31 +99,17 @@ class MAF(keras.Model):
         preprocessing: Mapping | tfb.Bijector | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if int(event_size) < 1:
-            raise ValueError(f"MAF: event_size must be >= 1, got {event_size}")
-        if int(context_size) < 0:
-            raise ValueError(f"MAF: context_size must be >= 0, got {context_size}")
+        super().__init__(
+            event_size=event_size, context_size=context_size, preprocessing=preprocessing, **kwargs
+        )
         if int(blocks) < 1:
             raise ValueError(f"MAF: blocks must be >= 1, got {blocks}")
-        self.event_size = int(event_size)
-        self.context_size = int(context_size)
         self.blocks = int(blocks)
         self.hidden_units = [int(u) for u in hidden_units]
         self.activation_name = str(activation)
         self.batch_norm = bool(batch_norm)
         self.log_scale_clamp = None if log_scale_clamp is None else float(log_scale_clamp)
         self.batch_norm_momentum = float(batch_norm_momentum)
-        self._preprocessing = _build_preprocessing(preprocessing, self.compute_dtype)
-        self._preprocessing_config = (
-            dict(preprocessing)
-            if isinstance(preprocessing, Mapping)
-            else (
-                self._preprocessing.get_config()
-                if self._preprocessing is not None and hasattr(self._preprocessing, "get_config")
-                else None
-            )
-        )
         with keras.name_scope(self.name):
             self.mades = [
                 MADE(
@@ -172,15 +137,9 @@ class MAF(keras.Model):
                 if self.batch_norm
                 else []
             )
-        self.log_prob_stats = LogProbStats(self.event_size)
         self.built = True
 
     # ----------------------------------------------------------------------------- structure
-
-    @property
-    def preprocessing(self) -> tfb.Bijector | None:
-        """The data-side preprocessing bijector, or None."""
-        return self._preprocessing
 
     def bijectors(self, training: bool = False) -> list[tfb.Bijector]:
         """Return the bijectors in forward (base -> data) order.
@@ -211,17 +170,6 @@ class MAF(keras.Model):
 
     # ---------------------------------------------------------------------------- densities
 
-    def _check_context(self, context: tf.Tensor | None) -> tf.Tensor | None:
-        if self.context_size == 0:
-            if context is not None:
-                raise ValueError(f"{self.name}: context given to an unconditional MAF")
-            return None
-        if context is None:
-            raise ValueError(
-                f"{self.name}: this MAF has context_size={self.context_size} and needs a context"
-            )
-        return tf.cast(context, self.compute_dtype)
-
     def log_prob(
         self, x: tf.Tensor, context: tf.Tensor | None = None, training: bool = False
     ) -> tf.Tensor:
@@ -234,11 +182,7 @@ class MAF(keras.Model):
         """
         x = tf.cast(x, self.compute_dtype)
         context = self._check_context(context)
-        y = x
-        ildj = tf.zeros(tf.shape(x)[:-1], dtype=x.dtype)
-        if self._preprocessing is not None:
-            ildj += self._preprocessing.inverse_log_det_jacobian(y, event_ndims=1)
-            y = self._preprocessing.inverse(y)
+        y, ildj = self._preprocess(x)
         for k in reversed(range(self.blocks)):
             if k < len(self.batch_norms):
                 layer = self.batch_norms[k]
@@ -250,57 +194,6 @@ class MAF(keras.Model):
             ildj -= tf.reduce_sum(log_scale, axis=-1)
             y = (y - shift) * tf.exp(-log_scale)
         return self.base_distribution().log_prob(y) + ildj
-
-    def _split_inputs(self, inputs: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
-        if isinstance(inputs, Mapping):
-            unknown = set(inputs) - {"x", "context"}
-            if "x" not in inputs or unknown:
-                raise ValueError(
-                    f"{self.name}: dict inputs need the key 'x' (and 'context' for a conditional "
-                    f"model); got keys {sorted(inputs)}"
-                )
-            return inputs["x"], inputs.get("context")
-        if isinstance(inputs, (tuple, list)):
-            raise ValueError(
-                f"{self.name}: pass x as a tensor, or {{'x': x, 'context': c}} for a conditional "
-                "model (a tuple would be read by Keras as (x, y))"
-            )
-        return inputs, None
-
-    def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
-        """Return ``log_prob``; ``inputs`` is ``x`` or ``{"x": x, "context": c}``."""
-        x, context = self._split_inputs(inputs)
-        return self.log_prob(x, context=context, training=bool(training))
-
-    def compute_loss(
-        self,
-        x: Any = None,
-        y: Any = None,
-        y_pred: tf.Tensor | None = None,
-        sample_weight: tf.Tensor | None = None,
-        training: bool = True,
-    ) -> tf.Tensor:
-        """Mean negative log-likelihood (weighted by ``sample_weight``) plus ``self.losses``."""
-        del y
-        if y_pred is None:
-            y_pred = self(x, training=training)
-        nll = -tf.cast(y_pred, tf.float32)
-        if sample_weight is None:
-            loss = tf.reduce_mean(nll)
-        else:
-            w = tf.cast(tf.reshape(sample_weight, tf.shape(nll)), tf.float32)
-            loss = tf.math.divide_no_nan(tf.reduce_sum(w * nll), tf.reduce_sum(w))
-        for extra in self.losses:
-            loss += tf.cast(tf.reduce_sum(extra), tf.float32)
-        return loss
-
-    def compute_metrics(
-        self, x: Any, y: Any, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
-    ) -> dict[str, Any]:
-        """Update :class:`LogProbStats` (log p mean/std, nats/dim, bits/dim) and the loss."""
-        del x, y, sample_weight
-        self.log_prob_stats.update_state(y_pred)
-        return self.get_metrics_result()
 
     # ----------------------------------------------------------------------------- sampling
 
@@ -335,21 +228,13 @@ class MAF(keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """Return the constructor arguments (the YAML keys) plus Keras' name/dtype/trainable."""
-        if self._preprocessing is not None and self._preprocessing_config is None:
-            raise NotImplementedError(
-                f"{self.name}: the preprocessing bijector {self._preprocessing.name!r} has no "
-                "get_config, so this model cannot be serialised"
-            )
         config = super().get_config()
         config.update(
-            event_size=self.event_size,
-            context_size=self.context_size,
             blocks=self.blocks,
             hidden_units=list(self.hidden_units),
             activation=self.activation_name,
             batch_norm=self.batch_norm,
             log_scale_clamp=self.log_scale_clamp,
             batch_norm_momentum=self.batch_norm_momentum,
-            preprocessing=self._preprocessing_config,
         )
         return config
