@@ -132,7 +132,7 @@ def train_and_score(kind: str, dim: int, sizes: dict, data: dict, args: argparse
                 best.update(valid=value, weights=model.get_weights(), epoch=epoch + 1)
 
     start = time.perf_counter()
-    model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[KeepBest()])
+    history = model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[KeepBest()])
     seconds = time.perf_counter() - start
     if best["weights"] is not None:
         model.set_weights(best["weights"])
@@ -147,6 +147,8 @@ def train_and_score(kind: str, dim: int, sizes: dict, data: dict, args: argparse
         "learning_rate": lr,
         "best_epoch": best["epoch"],
         "train_seconds": round(seconds, 1),
+        "train_loss_last_epoch": float(history.history["loss"][-1]),
+        "validation_nll": best["valid"],
         "test_nll": float(model_nll.mean()),
         "entropy": float(data["test_true_nll"].mean()),
         "entropy_se": float(data["test_true_nll"].std() / math.sqrt(len(test))),
@@ -158,11 +160,11 @@ def train_and_score(kind: str, dim: int, sizes: dict, data: dict, args: argparse
 
 SIZES = {
     2: {
-        "bnaf": {"flows": 2, "layers": 2, "hidden_factor": 16},
-        "maf": {"blocks": 5, "hidden_units": [64, 64]},
+        "bnaf": {"flows": 3, "layers": 2, "hidden_factor": 32},
+        "maf": {"blocks": 8, "hidden_units": [128, 128]},
     },
     8: {
-        "bnaf": {"flows": 2, "layers": 2, "hidden_factor": 16},
+        "bnaf": {"flows": 3, "layers": 1, "hidden_factor": 32},
         "maf": {"blocks": 5, "hidden_units": [128, 128]},
     },
 }
@@ -239,11 +241,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--models", nargs="+", default=["bnaf", "maf"], choices=["bnaf", "maf"])
-    parser.add_argument("--train", type=int, default=50_000)
+    parser.add_argument("--train", type=int, default=200_000)
     parser.add_argument("--test", type=int, default=20_000)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr-bnaf", type=float, default=1e-2, help="BNAF peak learning rate")
+    parser.add_argument("--lr-bnaf", type=float, default=3e-2, help="BNAF peak learning rate")
     parser.add_argument("--lr-maf", type=float, default=2e-3, help="MAF peak learning rate")
     parser.add_argument(
         "--sizes", type=json.loads, default={}, help='overrides, e.g. \'{"bnaf": {"flows": 3}}\''

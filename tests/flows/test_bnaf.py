@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from flow_testing import preprocessing_config
 
 from tfjetflows.config import ConfigError
 from tfjetflows.flows import bnaf as bnaf_module
@@ -37,22 +38,6 @@ def _bnaf(seed=0, **kwargs):
 
 def _data(n=8, seed=0, dim=EVENT, scale=1.5):
     return np.random.default_rng(seed).normal(loc=0.3, scale=scale, size=(n, dim))
-
-
-def _preprocessing_config():
-    nan = None  # get_config writes NaN as None
-    return {
-        "spec": {
-            "lower": [0.0, nan, nan],
-            "upper": [4.0, nan, nan],
-            "energy_scale": [nan, 2.0, nan],
-        },
-        "mean": [0.2, 0.1, -0.3],
-        "std": [1.2, 0.7, 2.0],
-        "clip_eps": 1e-6,
-        "dtype": "float32",
-        "name": "preprocessing",
-    }
 
 
 def _bounded_data(n=8, seed=0):
@@ -222,7 +207,7 @@ def test_one_dimensional_density_integrates_to_one(float64, randomize):
 
 
 def test_preprocessing_log_det_is_part_of_log_prob(float64, randomize):
-    with_pre = _bnaf(preprocessing=_preprocessing_config())
+    with_pre = _bnaf(preprocessing=preprocessing_config())
     plain = _bnaf()
     randomize(with_pre, seed=7)
     randomize(plain, seed=7)
@@ -334,17 +319,17 @@ def test_every_trainable_variable_gets_a_gradient(residual, randomize):
 
 
 def test_config_round_trip():
-    model = _bnaf(residual=None, preprocessing=_preprocessing_config())
+    model = _bnaf(residual=None, preprocessing=preprocessing_config())
     config = model.get_config()
     for key in ["event_size", "context_size", "flows", "layers", "hidden_factor", "residual"]:
         assert key in config
     assert config["layers"] == 2 and config["residual"] is None
-    assert config["preprocessing"] == _preprocessing_config()
+    assert config["preprocessing"] == preprocessing_config()
     assert BNAF.from_config(config).get_config() == config
 
 
 def test_save_and_load_keep_log_prob(tmp_path, randomize):
-    model = _bnaf(preprocessing=_preprocessing_config())
+    model = _bnaf(preprocessing=preprocessing_config())
     randomize(model, seed=9, scale=0.4)
     x = _bounded_data(8).astype("float32")
     path = tmp_path / "bnaf.keras"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from flow_testing import preprocessing_config
 
 from tfjetflows.flows.maf import MAF
 
@@ -36,22 +37,6 @@ def _context(n=16, seed=1):
 
 def _inputs(model, x, context):
     return x if model.context_size == 0 else {"x": x, "context": context}
-
-
-def _preprocessing_config():
-    nan = None  # get_config writes NaN as None
-    return {
-        "spec": {
-            "lower": [0.0, nan, nan],
-            "upper": [4.0, nan, nan],
-            "energy_scale": [nan, 2.0, nan],
-        },
-        "mean": [0.2, 0.1, -0.3],
-        "std": [1.2, 0.7, 2.0],
-        "clip_eps": 1e-6,
-        "dtype": "float32",
-        "name": "preprocessing",
-    }
 
 
 def _bounded_data(n=16, seed=0):
@@ -98,7 +83,7 @@ def test_every_trainable_variable_gets_a_gradient(name, randomize):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_eval_log_prob_equals_tfp_transformed_distribution(name, float64, randomize):
-    model = _maf(**CONFIGS[name], preprocessing=_preprocessing_config())
+    model = _maf(**CONFIGS[name], preprocessing=preprocessing_config())
     randomize(model, seed=4, scale=0.4)
     x, context = _bounded_data(9), _context(9)
     kwargs = {}
@@ -112,7 +97,7 @@ def test_eval_log_prob_equals_tfp_transformed_distribution(name, float64, random
 
 
 def test_preprocessing_log_det_is_part_of_log_prob(float64, randomize):
-    with_pre = _maf(preprocessing=_preprocessing_config())
+    with_pre = _maf(preprocessing=preprocessing_config())
     plain = _maf()
     randomize(with_pre, seed=5)
     randomize(plain, seed=5)
@@ -233,7 +218,7 @@ def test_sample_shape_and_seeds(randomize):
 
 
 def test_samples_map_back_to_the_base_draws(float64, randomize):
-    model = _maf(preprocessing=_preprocessing_config())
+    model = _maf(preprocessing=preprocessing_config())
     randomize(model, seed=10, scale=0.3)
     x = model.sample(6, seed=SEED)
     z = model.base_distribution().sample(6, seed=SEED)
@@ -309,17 +294,17 @@ def test_fit_with_conditional_dict_dataset():
 
 
 def test_config_round_trip():
-    model = _maf(context_size=CONTEXT, activation="tanh", preprocessing=_preprocessing_config())
+    model = _maf(context_size=CONTEXT, activation="tanh", preprocessing=preprocessing_config())
     config = model.get_config()
     for key in ["event_size", "context_size", "blocks", "hidden_units", "activation"]:
         assert key in config
-    assert config["preprocessing"] == _preprocessing_config()
+    assert config["preprocessing"] == preprocessing_config()
     assert MAF.from_config(config).get_config() == config
 
 
 @pytest.mark.parametrize("name", ["plain", "conditional"])
 def test_save_and_load_keep_log_prob_and_samples(name, tmp_path, randomize):
-    model = _maf(**CONFIGS[name], preprocessing=_preprocessing_config())
+    model = _maf(**CONFIGS[name], preprocessing=preprocessing_config())
     randomize(model, seed=13, scale=0.3)
     x, context = _bounded_data(8), _context(8)
     context = context if model.context_size else None

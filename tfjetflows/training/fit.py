@@ -318,6 +318,7 @@ def _fit_locked(
         LearningRateLogger,
         NanGuard,
         WandbLogger,
+        read_checkpoint_state,
         restore_checkpoint,
     )
     from tfjetflows.training.export_run import CONDITION_SAMPLE, MODEL_FILE, export_run
@@ -347,7 +348,8 @@ def _fit_locked(
         preprocessing=preprocessing.get_config(),
     )
     checkpoint_path = run.checkpoints_dir / "last.weights.h5"
-    initial_epoch = 0
+    resuming = resume and checkpoint_path.exists()
+    initial_epoch = read_checkpoint_state(checkpoint_path).epoch if resuming else 0
     epochs = config.training.epochs
     datasets = build_datasets(
         paths,
@@ -355,6 +357,7 @@ def _fit_locked(
         representation,
         config.data,
         config.seed,
+        initial_epoch=initial_epoch,
         split=split,
     )
     total_steps = epochs * datasets.train_steps
@@ -376,19 +379,9 @@ def _fit_locked(
             {"x": split.sample[:2], "context": split.condition_context(conditions)[:2]}, conditions
         )
     )
-    if resume and checkpoint_path.exists():
+    if resuming:
         state = restore_checkpoint(model, checkpoint_path)
-        initial_epoch = state.epoch
         print(f"resumed from {checkpoint_path}: epoch {state.epoch}, step {state.global_step}")
-        datasets = build_datasets(
-            paths,
-            config.selection,
-            representation,
-            config.data,
-            config.seed,
-            initial_epoch=initial_epoch,
-            split=split,
-        )
 
     if resume:
         _trim_history(run.history_csv, initial_epoch)
