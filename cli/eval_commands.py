@@ -1,4 +1,4 @@
-"""Evaluation commands: ``tfjf evaluate``."""
+"""Evaluation commands: ``tfjf evaluate`` and ``tfjf report``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from cli.common import echo_json, user_errors
 
-__all__ = ["COMMANDS", "evaluate"]
+__all__ = ["COMMANDS", "evaluate", "report"]
 
 
 @click.command("evaluate")
@@ -58,4 +58,48 @@ def evaluate(
         )
 
 
-COMMANDS = [evaluate]
+@click.command("report")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", multiple=True, required=True, help="Real jets: files, globs, folders.")
+@click.option("--n", "n_jets", type=int, default=2000, show_default=True, help="Jets per set.")
+@click.option("--samples", default=None, help="Read generated jets from this file instead.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("report"),
+    show_default=True,
+    help="Report folder.",
+)
+@click.option("--compare", type=click.Path(path_type=Path), default=None, help="Second model.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@user_errors
+def report(
+    model: Path,
+    data: tuple[str, ...],
+    n_jets: int,
+    samples: str | None,
+    out: Path,
+    compare: Path | None,
+    seed: int,
+) -> None:
+    """Compare MODEL's jets with real ones: W1, FPD, classifier AUC, plots, index.html."""
+    from tfjetflows.evaluation.report import model_metrics, write_report
+
+    if n_jets <= 0:
+        raise click.BadParameter(f"must be positive, got {n_jets}", param_hint="--n")
+    metrics, arrays = model_metrics(model, list(data), n=n_jets, seed=seed, samples=samples)
+    other = None
+    if compare is not None:
+        other, _ = model_metrics(compare, list(data), n=n_jets, seed=seed)
+    run_dir = model if (model / "history.csv").is_file() else None
+    page = write_report(out, metrics, arrays, run_dir=run_dir, compare=other)
+    fpd = metrics["fpd"]
+    auc = metrics["classifier_observables"]
+    click.echo(
+        f"FPD {fpd['fpd']:.4g} (floor {fpd['floor']:.4g}); classifier AUC on observables "
+        f"{auc['auc']:.3f} +- {auc['auc_err']:.3f}"
+    )
+    click.echo(f"report: {page}")
+
+
+COMMANDS = [evaluate, report]
