@@ -23,6 +23,9 @@ def test_report_writes_metrics_plots_and_html_that_references_them(trained_run, 
         assert entry["w1"] >= 0 and entry["floor"] >= 0
     assert 0.0 <= metrics["classifier_observables"]["auc"] <= 1.0
     assert "classifier_low_level" in metrics
+    represented = metrics["vs_represented"]
+    assert set(represented["w1"]) == set(metrics["w1"])
+    assert 0.0 <= represented["classifier_observables"]["auc"] <= 1.0
     page = (out / "index.html").read_text()
     referenced = set(re.findall(r'<img src="([^"]+)"', page))
     written = {p.name for p in out.glob("*.png")}
