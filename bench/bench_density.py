@@ -164,7 +164,7 @@ SIZES = {
         "maf": {"blocks": 8, "hidden_units": [128, 128]},
     },
     8: {
-        "bnaf": {"flows": 3, "layers": 1, "hidden_factor": 32},
+        "bnaf": {"flows": 5, "layers": 1, "hidden_factor": 32},
         "maf": {"blocks": 5, "hidden_units": [128, 128]},
     },
 }
