@@ -191,6 +191,7 @@ def _real_images(split: Any, config: Config, n: int) -> np.ndarray | None:
         config.data,
         config.seed,
         want_validation=True,
+        row_limits=split.row_limits,  # the same max_jets cap the training used
     ):
         parts.append(batch.images[keep][: n - found])
         found += len(parts[-1])
