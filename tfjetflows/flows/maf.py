@@ -30,15 +30,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfjetflows.flows.batchnorm import BatchNormBijector, BatchNormLayer
-from tfjetflows.flows.density import DensityModel
+from tfjetflows.flows.autoregressive import AutoregressiveFlow
+from tfjetflows.flows.batchnorm import BatchNormBijector
 from tfjetflows.flows.made import MADE
 
 __all__ = ["MAF"]
@@ -57,7 +56,7 @@ def _made_fn(made: MADE) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="tfjetflows")
-class MAF(DensityModel):
+class MAF(AutoregressiveFlow):
     """Masked Autoregressive Flow (Papamakarios et al. 2017) with optional conditioning.
 
     Args:
@@ -85,60 +84,6 @@ class MAF(DensityModel):
 
     can_sample: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        *,
-        event_size: int,
-        context_size: int = 0,
-        blocks: int = 5,
-        hidden_units: Sequence[int] = (256, 256),
-        activation: str = "relu",
-        batch_norm: bool = True,
-        log_scale_clamp: float | None = 3.0,
-        batch_norm_momentum: float = 0.9,
-        preprocessing: Mapping | tfb.Bijector | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            event_size=event_size, context_size=context_size, preprocessing=preprocessing, **kwargs
-        )
-        if int(blocks) < 1:
-            raise ValueError(f"MAF: blocks must be >= 1, got {blocks}")
-        self.blocks = int(blocks)
-        self.hidden_units = [int(u) for u in hidden_units]
-        self.activation_name = str(activation)
-        self.batch_norm = bool(batch_norm)
-        self.log_scale_clamp = None if log_scale_clamp is None else float(log_scale_clamp)
-        self.batch_norm_momentum = float(batch_norm_momentum)
-        with keras.name_scope(self.name):
-            self.mades = [
-                MADE(
-                    event_size=self.event_size,
-                    hidden_units=self.hidden_units,
-                    activation=self.activation_name,
-                    context_size=self.context_size,
-                    order="left-to-right" if k % 2 == 0 else "right-to-left",
-                    log_scale_clamp=self.log_scale_clamp,
-                    name=f"made_{k}",
-                    dtype=self.dtype_policy,
-                )
-                for k in range(self.blocks)
-            ]
-            self.batch_norms = (
-                [
-                    BatchNormLayer(
-                        self.event_size,
-                        momentum=self.batch_norm_momentum,
-                        name=f"batch_norm_{k}",
-                        dtype=self.dtype_policy,
-                    )
-                    for k in range(self.blocks - 1)
-                ]
-                if self.batch_norm
-                else []
-            )
-        self.built = True
-
     # ----------------------------------------------------------------------------- structure
 
     def bijectors(self, training: bool = False) -> list[tfb.Bijector]:
@@ -162,11 +107,6 @@ class MAF(DensityModel):
         if self._preprocessing is not None:
             out.append(self._preprocessing)
         return out
-
-    def base_distribution(self) -> tfd.Distribution:
-        """The standard normal base distribution over [event_size]."""
-        zero = tf.zeros([], dtype=self.compute_dtype)
-        return tfd.Sample(tfd.Normal(zero, tf.ones_like(zero)), sample_shape=[self.event_size])
 
     # ---------------------------------------------------------------------------- densities
 
@@ -211,11 +151,8 @@ class MAF(DensityModel):
                 conditional models only.
         """
         n = tf.convert_to_tensor(n, dtype=tf.int32)
-        context = self._check_context(context)
-        kwargs = {}
-        if context is not None:
-            context = tf.broadcast_to(context, tf.stack([n, self.context_size]))
-            kwargs = {"conditional_input": context}
+        context = self._broadcast_context(context, n)
+        kwargs = {} if context is None else {"conditional_input": context}
         y = self.base_distribution().sample(n, seed=seed)
         for bijector in self.bijectors(training=False):
             if isinstance(bijector, tfb.MaskedAutoregressiveFlow):
@@ -223,18 +160,3 @@ class MAF(DensityModel):
             else:
                 y = bijector.forward(y)
         return y
-
-    # ---------------------------------------------------------------------------- config
-
-    def get_config(self) -> dict[str, Any]:
-        """Return the constructor arguments (the YAML keys) plus Keras' name/dtype/trainable."""
-        config = super().get_config()
-        config.update(
-            blocks=self.blocks,
-            hidden_units=list(self.hidden_units),
-            activation=self.activation_name,
-            batch_norm=self.batch_norm,
-            log_scale_clamp=self.log_scale_clamp,
-            batch_norm_momentum=self.batch_norm_momentum,
-        )
-        return config
