@@ -49,6 +49,8 @@ class DataConfig:
 
     ``files`` are Parquet files, globs or folders (empty: the built-in synthetic data).
     ``conditions`` lists the per-jet columns a conditional model is given (``y``, ``pt``).
+    The selected jets are held in memory in compact form (top-K hits) when they need at most
+    ``cache_max_mb`` megabytes, so only the first pass reads Parquet; 0 streams every epoch.
     """
 
     files: list[str] = field(default_factory=list)
@@ -58,6 +60,7 @@ class DataConfig:
     on_bad_jet: str = "error"
     max_jets: int | None = None
     conditions: list[str] = field(default_factory=list)
+    cache_max_mb: int = 2048
 
 
 @dataclass

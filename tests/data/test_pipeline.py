@@ -65,7 +65,13 @@ def jets(tmp_path_factory: pytest.TempPathFactory) -> Jets:
 
 
 def _data(**kwargs: object) -> DataConfig:
-    settings = {"batch_size": 16, "validation_fraction": FRACTION, "shuffle_buffer": 64}
+    """Streaming from Parquet every epoch unless ``cache_max_mb`` is given (see the cache tests)."""
+    settings = {
+        "batch_size": 16,
+        "validation_fraction": FRACTION,
+        "shuffle_buffer": 64,
+        "cache_max_mb": 0,
+    }
     settings.update(kwargs)
     return DataConfig(**settings)  # type: ignore[arg-type]
 
@@ -443,3 +449,56 @@ def test_jets_keep_their_side_when_another_data_config_key_changes(jets):
     a = _keys(jets, split_a, ALL, base, 3, epoch=0, batch_size=1)
     b = _keys(jets, split_b, ALL, other, 3, epoch=0, batch_size=1)
     assert set(a) == set(b) and a != b
+
+
+# --------------------------------------------------------------------------------------------
+# the in-memory cache of compact jets
+
+
+def test_a_cached_epoch_yields_the_jets_a_streamed_epoch_yields(jets, sides):
+    _, streamed_train, streamed_validation = sides
+    data = _data(batch_size=1, cache_max_mb=64)
+    split = scan_split(jets.paths, ALL, IDENTITY, data, 3)
+    assert split.cache is not None
+    train = _keys(jets, split, ALL, data, 3, epoch=0, batch_size=1)
+    assert sorted(train) == sorted(streamed_train) and train != streamed_train
+    assert _keys(jets, split, ALL, data, 3, epoch=None, batch_size=1) == streamed_validation
+    epoch_1 = _keys(jets, split, ALL, data, 3, epoch=1, batch_size=1)
+    assert sorted(epoch_1) == sorted(train) and epoch_1 != train
+
+
+def test_cached_hits_batches_are_full_and_resume_like_an_uninterrupted_run(jets):
+    data = _data(batch_size=16, cache_max_mb=64)
+    ds = build_datasets(jets.paths, ALL, HITS, data, seed=3)
+    assert ds.split.cache is not None
+    steps = ds.train_steps
+    epochs = _tf_batches(ds.train, 3 * steps)
+    assert {b["x"].shape for b in epochs} == {(16, HITS.dim)}
+    resumed = build_datasets(jets.paths, ALL, HITS, data, 3, initial_epoch=2, split=ds.split)
+    assert _same_batches(_tf_batches(resumed.train, steps), epochs[2 * steps :])
+    assert not np.array_equal(epochs[0]["x"], epochs[steps]["x"])
+    validation = _tf_batches(ds.validation, 10**6)
+    assert sum(len(b["x"]) for b in validation) == ds.split.validation
+    assert _same_batches(validation, _tf_batches(ds.validation, 10**6))
+
+
+def test_the_cache_holds_only_the_max_jets_cap(jets):
+    data = _data(batch_size=1, cache_max_mb=64, max_jets=50)
+    split = scan_split(jets.paths, ALL, IDENTITY, data, 3)
+    assert len(split.cache.in_validation) == split.train + split.validation == 50
+
+
+def test_jets_over_the_cache_limit_stream_from_parquet(jets, caplog):
+    data = _data(batch_size=1, cache_max_mb=1)
+    big = HitsRepresentation(hits_per_channel={"ecal": 2000})  # 16 kB per jet: 240 jets > 1 MB
+    with caplog.at_level("INFO", logger="tfjetflows.data"):
+        split = scan_split(jets.paths, ALL, big, data, 3)
+    assert split.cache is None
+    assert "cache_max_mb=1" in caplog.text
+    batches = list(iter_encoded(split, ALL, big, data, 3, [], epoch=0, batch_size=16))
+    assert len(batches) == split.train // 16
+
+
+def test_cache_max_mb_must_not_be_negative(jets):
+    with pytest.raises(ConfigError, match="cache_max_mb"):
+        scan_split(jets.paths, ALL, IDENTITY, _data(cache_max_mb=-1), 3)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tfjetflows.config import ConfigError, DataConfig, SelectionConfig
+from tfjetflows.data.cache import JetCache
 from tfjetflows.data.reader import ReadStats, validate_files
 from tfjetflows.data.representations import Representation
 from tfjetflows.data.schema import DataError
@@ -96,6 +97,8 @@ class DataSplit:
     bad_jets_skipped: int = 0
     row_limits: list[int] | None = None
     """With ``data.max_jets``: per file, only rows below this are used (None: all rows)."""
+    cache: JetCache | None = None
+    """Every kept jet in compact form, when they fit in ``data.cache_max_mb`` (else None)."""
 
     def condition_context(self, names: Sequence[str]) -> np.ndarray:
         """Encoded conditions [M, len(names)] of the sampled training jets (model inputs)."""
@@ -172,8 +175,11 @@ def scan_split(
     """
     if data.max_jets is not None and data.max_jets < 1:
         raise ConfigError(f"data.max_jets must be a positive integer or null, got {data.max_jets}")
+    if data.cache_max_mb < 0:
+        raise ConfigError(f"data.cache_max_mb must be >= 0, got {data.cache_max_mb}")
     rows = validate_files(paths)
     split = DataSplit(paths=list(paths), rows_per_file=list(rows))
+    cache = JetCache(max_bytes=data.cache_max_mb * 2**20) if data.cache_max_mb else None
     stats, read_stats = SelectionStats(), ReadStats()
     rng = np.random.default_rng([seed, 104729])
     samples: list[np.ndarray] = []
@@ -199,15 +205,32 @@ def scan_split(
         split.validation += int(in_validation.sum())
         train = ~in_validation
         split.train += int(train.sum())
+        parts = None
+        if cache is not None:
+            images, scalars = _take(batch, np.ones(len(batch), bool))
+            parts = representation.extract(images, scalars)
+            if not cache.add(parts, scalars, in_validation):
+                log.info(
+                    "data: the selected jets need more than data.cache_max_mb=%d MB in memory; "
+                    "every epoch streams from Parquet",
+                    data.cache_max_mb,
+                )
+                cache = None
         if collected < sample_size and train.any():
             images, scalars = _take(batch, train)
-            encoded = representation.encode(images, scalars, rng)
+            if parts is not None:
+                encoded = representation.encode_extracted(
+                    {k: v[train] for k, v in parts.items()}, rng
+                )
+            else:
+                encoded = representation.encode(images, scalars, rng)
             samples.append(encoded[: sample_size - collected])
             scalar_samples.append({k: v[: len(samples[-1])] for k, v in scalars.items()})
             collected += len(samples[-1])
         if split.row_limits is not None:
             break
     split.scanned, split.kept = stats.scanned, stats.kept
+    split.cache = cache.finish() if cache is not None else None
     split.bad_jets_skipped = read_stats.bad_jets_skipped
     if split.train == 0:
         raise DataError(
@@ -239,6 +262,9 @@ def iter_encoded(
     shuffle buffer of ``data.shuffle_buffer`` jets, and exactly ``train // batch_size`` full
     batches (the remainder is dropped so epochs end on a batch boundary).
     """
+    if split.cache is not None:
+        yield from _iter_cached(split.cache, representation, seed, conditions, epoch, batch_size)
+        return
     training = epoch is not None
     rng = np.random.default_rng([seed, 15485863, 0 if epoch is None else epoch + 1])
     order = rng.permutation(len(split.paths)) if training else np.arange(len(split.paths))
@@ -295,6 +321,27 @@ def iter_encoded(
             break
     if buffered:
         yield from drain(final=True)
+
+
+def _iter_cached(
+    cache: JetCache,
+    representation: Representation,
+    seed: int,
+    conditions: Sequence[str],
+    epoch: int | None,
+    batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`iter_encoded` from the in-memory cache: a full shuffle per training epoch."""
+    rng = np.random.default_rng([seed, 15485863, 0 if epoch is None else epoch + 1])
+    rows = cache.indices(validation=epoch is None)
+    if epoch is not None:
+        rows = rng.permutation(rows)[: len(rows) // batch_size * batch_size]
+    for start in range(0, len(rows), batch_size):
+        parts, scalars = cache.take(rows[start : start + batch_size])
+        yield {
+            "x": representation.encode_extracted(parts, rng),
+            "context": encode_conditions(scalars, conditions),
+        }
 
 
 @dataclass

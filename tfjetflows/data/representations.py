@@ -79,14 +79,13 @@ class Representation(ABC):
     def get_config(self) -> dict[str, Any]:
         """Return ``kind`` plus the constructor arguments, as plain YAML-safe types."""
 
-    @abstractmethod
     def encode(
         self,
         images: np.ndarray,
         scalars: Mapping[str, np.ndarray],
         rng: np.random.Generator,
     ) -> np.ndarray:
-        """Encode a batch of jets into continuous vectors.
+        """Encode a batch of jets into continuous vectors: :meth:`extract`, then add noise.
 
         Args:
             images: [N, 3, 125, 125] jet images in GeV.
@@ -96,6 +95,24 @@ class Representation(ABC):
         Returns:
             float32 array [N, dim].
         """
+        return self.encode_extracted(self.extract(images, scalars), rng)
+
+    @abstractmethod
+    def extract(
+        self, images: np.ndarray, scalars: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Return what encoding keeps of each jet, before any noise: arrays with first axis N.
+
+        Deterministic and compact (the top-K hits, the pooled grid, the columns), so the input
+        pipeline can hold every jet of a data set in memory and draw fresh dequantization noise
+        each epoch with :meth:`encode_extracted`.
+        """
+
+    @abstractmethod
+    def encode_extracted(
+        self, parts: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> np.ndarray:
+        """Turn :meth:`extract` output (any rows of it) into vectors float32 [N, dim]."""
 
     @abstractmethod
     def decode(self, x: Any) -> tf.Tensor:
@@ -372,22 +389,37 @@ class HitsRepresentation(Representation):
             "threshold": self.threshold,
         }
 
-    def encode(
-        self,
-        images: np.ndarray,
-        scalars: Mapping[str, np.ndarray],
-        rng: np.random.Generator,
-    ) -> np.ndarray:
-        """Encode jets into ``[N, dim]`` float32 (see the class docstring for the layout)."""
+    def extract(
+        self, images: np.ndarray, scalars: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Return the top-K hits of each channel ``c``, before noise.
+
+        Keys ``c/index`` [N, K] flat pixel indices (int32), ``c/energy`` [N, K] (float32) and
+        ``c/n`` [N] (int32, hits kept).
+        """
+        del scalars
         images = _check_images(images)
-        blocks = []
+        parts = {}
         for c, k in self.hits_per_channel.items():
             plane = _natural_plane(images, c)
             n_jets, grid, _ = plane.shape
             flat = plane.reshape(n_jets, grid * grid)
             indices, n = top_hit_indices(np.abs(flat), k, self.threshold)
-            energy = np.take_along_axis(flat, indices, axis=1).astype(np.float32)
-            eta, phi = np.divmod(indices, grid)
+            parts[f"{c}/energy"] = np.take_along_axis(flat, indices, axis=1).astype(np.float32)
+            parts[f"{c}/index"] = indices.astype(np.int32)
+            parts[f"{c}/n"] = n.astype(np.int32)
+        return parts
+
+    def encode_extracted(
+        self, parts: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> np.ndarray:
+        """Dequantize and fill the empty slots; ``[N, dim]`` float32 (layout: class docstring)."""
+        blocks = []
+        for c, k in self.hits_per_channel.items():
+            grid = CHANNEL_GRID[c]
+            indices, n, energy = parts[f"{c}/index"], parts[f"{c}/n"], parts[f"{c}/energy"]
+            n_jets = len(n)
+            eta, phi = np.divmod(indices.astype(np.int64), grid)
             real = np.arange(k)[None, :] < n[:, None]
             slots = np.stack(
                 [
@@ -567,13 +599,11 @@ class ImageRepresentation(Representation):
             "threshold": self.threshold,
         }
 
-    def encode(
-        self,
-        images: np.ndarray,
-        scalars: Mapping[str, np.ndarray],
-        rng: np.random.Generator,
-    ) -> np.ndarray:
-        """Sum-pool each channel, fill ``|v| < threshold`` with noise; float32 [N, dim]."""
+    def extract(
+        self, images: np.ndarray, scalars: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``pooled`` [N, dim] float32: each channel sum-pooled (HCAL per crystal of a tower)."""
+        del scalars
         images = _check_images(images)
         n, g, p = images.shape[0], self.grid, self.pool
         blocks = []
@@ -583,7 +613,13 @@ class ImageRepresentation(Representation):
             if c == "hcal":
                 pooled = pooled / (HCAL_TOWER * HCAL_TOWER)
             blocks.append(pooled.reshape(n, g * g).astype(np.float32))
-        x = np.concatenate(blocks, axis=1)
+        return {"pooled": np.concatenate(blocks, axis=1)}
+
+    def encode_extracted(
+        self, parts: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> np.ndarray:
+        """Fill ``|v| < threshold`` with noise; float32 [N, dim]."""
+        x = parts["pooled"]
         empty = np.abs(x) < np.float32(self.threshold)
         return np.where(empty, _symmetric_fill(x.shape, self.threshold, rng), x)
 
@@ -659,13 +695,11 @@ class FeaturesRepresentation(Representation):
         """Return ``{"kind": "features", "columns": [...]}``."""
         return {"kind": self.kind, "columns": list(self.columns)}
 
-    def encode(
-        self,
-        images: np.ndarray | None,
-        scalars: Mapping[str, np.ndarray],
-        rng: np.random.Generator,
-    ) -> np.ndarray:
-        """Stack the named columns of ``scalars`` into float32 [N, dim] (``images`` unused)."""
+    def extract(
+        self, images: np.ndarray | None, scalars: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``x``: the named columns of ``scalars`` stacked into float32 [N, dim]."""
+        del images
         out = []
         for c in self.columns:
             if c not in scalars:
@@ -676,7 +710,14 @@ class FeaturesRepresentation(Representation):
         if len(sizes) != 1:
             lengths = {c: v.shape[0] for c, v in zip(self.columns, out, strict=True)}
             raise DataError(f"columns have different lengths: {lengths}")
-        return np.stack(out, axis=1)
+        return {"x": np.stack(out, axis=1)}
+
+    def encode_extracted(
+        self, parts: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> np.ndarray:
+        """The columns as they are (no noise); float32 [N, dim]."""
+        del rng
+        return parts["x"]
 
     def decode(self, x: Any) -> tf.Tensor:
         """Not available: features do not determine an image."""
