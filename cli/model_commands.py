@@ -1,4 +1,4 @@
-"""Model commands: ``tfjf fit``, ``tfjf export`` and ``tfjf sample``."""
+"""Model commands: ``tfjf fit``, ``tfjf distill``, ``tfjf export`` and ``tfjf sample``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from cli.common import echo_json, user_errors
 
-__all__ = ["COMMANDS", "export", "fit", "sample"]
+__all__ = ["COMMANDS", "distill", "export", "fit", "sample"]
 
 LABEL_CHOICES = {"quark": 0.0, "gluon": 1.0, "0": 0.0, "1": 1.0}
 
@@ -35,9 +35,7 @@ LABEL_CHOICES = {"quark": 0.0, "gluon": 1.0, "0": 0.0, "1": 1.0}
 )
 @click.option("--epochs", type=int, default=None, help="Total epochs (overrides the config).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
-@click.option(
-    "--wandb/--no-wandb", "use_wandb", default=None, help="Log to Weights & Biases."
-)
+@click.option("--wandb/--no-wandb", "use_wandb", default=None, help="Log to Weights & Biases.")
 @click.option("--set", "overrides", multiple=True, help="Config override section.key=value.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON at the end.")
 @user_errors
@@ -102,6 +100,82 @@ def fit(
                 "run_dir": str(result.run_dir),
                 "saved_model": str(result.saved_model),
                 "sample_png": str(result.sample_png) if result.sample_png else None,
+                "nan_step": result.nan_step,
+                "epochs_done": result.epochs_done,
+                "metrics": result.metrics,
+            }
+        )
+
+
+@click.command("distill")
+@click.argument("teacher_run", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Distillation YAML (default: configs/distill_iaf.yaml).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Student run folder (default: <TEACHER_RUN>-student).",
+)
+@click.option("--epochs", type=int, default=None, help="Total epochs (overrides the config).")
+@click.option("--resume", is_flag=True, help="Continue the student run from its checkpoint.")
+@click.option("--wandb/--no-wandb", "use_wandb", default=None, help="Log to Weights & Biases.")
+@click.option("--set", "overrides", multiple=True, help="Config override section.key=value.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON at the end.")
+@user_errors
+def distill(
+    teacher_run: Path,
+    config_path: Path | None,
+    run_dir: Path | None,
+    epochs: int | None,
+    resume: bool,
+    use_wandb: bool | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Distil the MAF of TEACHER_RUN into a one-pass IAF sampler (same SavedModel signatures)."""
+    from tfjetflows.config import load_config
+    from tfjetflows.training.distill import distill as run_distill
+    from tfjetflows.training.distill import distill_config
+
+    if epochs is not None and epochs <= 0:
+        raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
+    extra = list(overrides)
+    if epochs is not None:
+        extra.append(f"training.epochs={epochs}")
+    if use_wandb is not None:
+        extra.append(f"wandb.enabled={str(use_wandb).lower()}")
+    run_dir = run_dir or teacher_run.parent / f"{teacher_run.name}-student"
+    saved = run_dir / "config.yaml"
+    if resume and saved.exists():
+        if config_path is not None:
+            click.echo(f"--resume: using the run's own {saved}, not {config_path}", err=True)
+        config = load_config(saved, extra)
+    else:
+        config = distill_config(teacher_run, config_path, extra)
+    result = run_distill(teacher_run, config, run_dir=run_dir, resume=resume)
+    if result.nan_step is not None:
+        click.echo(f"training stopped at the NaN of step {result.nan_step}; weights restored")
+    speed = result.metrics.get("sampling_speed", {})
+    if speed:
+        click.echo(
+            f"sampling: student {speed['student_jets_per_second']:.0f} jets/s, teacher "
+            f"{speed['teacher_jets_per_second']:.1f} jets/s ({speed['speedup']:.0f}x)"
+        )
+    click.echo(f"run folder:     {result.run_dir}")
+    click.echo(f"SavedModel:     {result.saved_model}")
+    if result.saved_model_copy is not None:
+        click.echo(f"copied to:      {result.saved_model_copy}")
+    if as_json:
+        echo_json(
+            {
+                "run_dir": str(result.run_dir),
+                "saved_model": str(result.saved_model),
                 "nan_step": result.nan_step,
                 "epochs_done": result.epochs_done,
                 "metrics": result.metrics,
@@ -197,4 +271,4 @@ def sample(
         click.echo(f"picture: {png}")
 
 
-COMMANDS = [fit, export, sample]
+COMMANDS = [fit, distill, export, sample]

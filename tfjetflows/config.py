@@ -1,10 +1,11 @@
 """Declarative YAML configs validated into dataclasses.
 
 A config file has the sections ``seed``, ``data``, ``selection``, ``representation``, ``model``,
-``training`` and ``wandb``. Fixed sections are dataclasses whose field names are the YAML keys;
-``representation`` and ``model`` choose a class with ``kind`` and their other keys are that
-class's keyword arguments, one to one. Unknown or misspelt keys are an error that names the key
-and the file. Files are read with ``yaml.safe_load``; nothing is evaluated.
+``training``, ``wandb``, ``distribute`` and ``distill`` (used by ``tfjf distill`` only). Fixed
+sections are dataclasses whose field names are the YAML keys; ``representation`` and ``model``
+choose a class with ``kind`` and their other keys are that class's keyword arguments, one to one.
+Unknown or misspelt keys are an error that names the key and the file. Files are read with
+``yaml.safe_load``; nothing is evaluated.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DistillConfig",
+    "DistributeConfig",
     "SelectionConfig",
     "TrainingConfig",
     "WandbConfig",
@@ -118,11 +121,44 @@ class WandbConfig:
     sample_images: int = 8
 
 
+@dataclass
+class DistillConfig:
+    """Teacher-student distillation (``tfjf distill``; ignored by ``tfjf fit``).
+
+    The loss terms are described in :mod:`tfjetflows.flows.distillation`: ``data`` and
+    ``latent`` compare whole chains, the block terms (block outputs, and MADE outputs weighted
+    by ``params_weight``) feed every student block the teacher's input. They count during the
+    first ``blockwise_epochs`` epochs; the rest fine-tune the whole chain on the data.
+    """
+
+    blockwise_epochs: int = 5
+    data_weight: float = 1.0
+    latent_weight: float = 1.0
+    params_weight: float = 1.0
+
+
+@dataclass
+class DistributeConfig:
+    """How training is spread over devices and machines (``tf.distribute``).
+
+    ``strategy``: ``auto`` (``multi_worker`` when ``TF_CONFIG`` names more than one worker,
+    else ``mirrored`` when more than one GPU is visible, else ``one_device``), ``one_device``,
+    ``mirrored`` (all GPUs of this machine, or all logical CPUs when there is no GPU) or
+    ``multi_worker`` (``MultiWorkerMirroredStrategy``, configured by ``TF_CONFIG``).
+    ``data.batch_size`` stays the global batch, split across the replicas. See
+    :mod:`tfjetflows.training.distribute`.
+    """
+
+    strategy: str = "auto"
+
+
 _SECTIONS = {
     "data": DataConfig,
     "selection": SelectionConfig,
     "training": TrainingConfig,
     "wandb": WandbConfig,
+    "distribute": DistributeConfig,
+    "distill": DistillConfig,
 }
 
 
@@ -137,6 +173,8 @@ class Config:
     model: dict[str, Any] = field(default_factory=lambda: {"kind": "maf"})
     training: TrainingConfig = field(default_factory=TrainingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     source: str = "<defaults>"
 
 

@@ -38,7 +38,11 @@ METADATA_FILE = "tfjetflows.json"
 
 
 class FlowModule(tf.Module):
-    """A ``tf.Module`` whose ``tf.function`` methods are the SavedModel's signatures."""
+    """A ``tf.Module`` whose ``tf.function`` methods are the SavedModel's signatures.
+
+    ``model`` samples; ``density_model`` (default: ``model``) answers ``log_prob``. A distilled
+    student samples in one pass and leaves densities to its teacher.
+    """
 
     def __init__(
         self,
@@ -46,9 +50,11 @@ class FlowModule(tf.Module):
         representation: Representation,
         conditions: Sequence[str],
         condition_sample: np.ndarray,
+        density_model: Any = None,
     ) -> None:
         super().__init__(name="tfjetflows")
         self.model = model
+        self.density_model = model if density_model is None else density_model
         self.representation = representation
         self.conditions = list(conditions)
         self.can_sample = bool(getattr(model, "can_sample", True))
@@ -87,7 +93,7 @@ class FlowModule(tf.Module):
         return tf.stack(parts, axis=-1)
 
     def _log_prob(self, x: tf.Tensor, *columns: tf.Tensor) -> tf.Tensor:
-        return self.model.log_prob(x, context=self._context(columns), training=False)
+        return self.density_model.log_prob(x, context=self._context(columns), training=False)
 
     def _jet_log_prob(self, x: tf.Tensor, *columns: tf.Tensor) -> tf.Tensor:
         return self._log_prob(x, *columns) - self.representation.noise_log_prob(x)
@@ -130,6 +136,7 @@ def export_saved_model(
     conditions: Sequence[str] = (),
     condition_sample: np.ndarray | None = None,
     metadata: dict[str, Any] | None = None,
+    density_model: Any = None,
 ) -> Path:
     """Write ``model`` as a SavedModel into ``out_dir`` (atomically: staged, then renamed).
 
@@ -142,6 +149,8 @@ def export_saved_model(
         condition_sample: [M, len(conditions)] raw condition values seen in training (``pt``
             in GeV), drawn from by ``sample`` for conditional models.
         metadata: extra JSON-ready facts stored in ``assets/tfjetflows.json``.
+        density_model: the flow that answers ``log_prob`` (default: ``model``; a distilled
+            student's teacher).
 
     Returns:
         The SavedModel folder.
@@ -149,12 +158,14 @@ def export_saved_model(
     out_dir = Path(out_dir)
     if condition_sample is None:
         condition_sample = np.zeros((1, len(conditions)), np.float32)
-    module = FlowModule(model, representation, conditions, condition_sample)
+    module = FlowModule(model, representation, conditions, condition_sample, density_model)
     facts = {
         "representation": representation.get_config(),
         "conditions": list(conditions),
         "dim": representation.dim,
         "can_sample": module.can_sample,
+        "sampler": type(model).__name__,
+        "density": type(module.density_model).__name__,
         **(metadata or {}),
     }
     with staged_dir(out_dir, replace=True) as staging:

@@ -541,3 +541,25 @@ def test_wandb_logger_finishes_the_run_on_an_exception(wandb_offline):
     exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
     assert exits == [1]
     assert [row["epoch"] for row in wandb_history(records)] == [1, 2]
+
+
+def test_training_speed_times_training_only_and_skips_the_first_epoch(monkeypatch):
+    """Epoch times exclude validation; the first (tracing) epoch is left out of the median."""
+    from tfjetflows.training import callbacks as module
+
+    clock = iter([0.0, 10.0, 20.0, 22.0, 30.0, 33.0])
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    speed = module.TrainingSpeed()
+    speed.on_epoch_begin(0)
+    speed.on_test_begin()  # validation starts at t=10: the epoch trained 10 s
+    speed.on_epoch_end(0)  # no second stop for the same epoch
+    speed.on_epoch_begin(1)
+    speed.on_epoch_end(1)  # no validation: 2 s
+    speed.on_epoch_begin(2)
+    speed.on_epoch_end(2)  # 3 s
+    summary = speed.summary(steps_per_epoch=10, batch_size=4)
+    assert summary["epoch_seconds"] == [10.0, 2.0, 3.0]
+    assert summary["steps_per_second"] == pytest.approx(10 / 2.5)
+    assert summary["jets_per_second"] == pytest.approx(40 / 2.5)
+    assert summary["includes_tracing"] is False
+    assert module.TrainingSpeed().summary(10, 4) == {}

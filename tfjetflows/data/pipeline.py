@@ -430,14 +430,20 @@ def build_datasets(
             epoch=None, batch_size=batch_size,
         )
 
+    from tfjetflows.training.distribute import dataset_options
+
+    # Generator datasets cannot be sharded by file: multi-worker training shards by data.
+    options = dataset_options()
     train = tf.data.Dataset.from_generator(train_batches, output_signature=signature)
-    train = train.prefetch(tf.data.AUTOTUNE)
+    train = train.prefetch(tf.data.AUTOTUNE).with_options(options)
     validation = None
     validation_steps = 0
     if split.validation > 0:
-        validation = tf.data.Dataset.from_generator(
-            validation_batches, output_signature=signature
-        ).prefetch(tf.data.AUTOTUNE)
+        validation = (
+            tf.data.Dataset.from_generator(validation_batches, output_signature=signature)
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(options)
+        )
         validation_steps = -(-split.validation // batch_size)
     log.info(
         "data: %d files, %d jets scanned, %d kept (%d train, %d validation)",

@@ -80,14 +80,46 @@ class BatchNormLayer(keras.layers.Layer):
                 tf.convert_to_tensor(self.moving_mean),
                 tf.convert_to_tensor(self.moving_variance),
             )
-        axes = list(range(x.shape.rank - 1))
-        mean, variance = tf.nn.moments(x, axes=axes)
+        mean, variance = self.batch_moments(x)
         m = tf.cast(self.momentum, x.dtype)
         self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * tf.stop_gradient(mean))
         self.moving_variance.assign(
             m * self.moving_variance + (1.0 - m) * tf.stop_gradient(variance)
         )
         return mean, variance
+
+    def batch_moments(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Return the batch ``(mean, variance)`` of ``x`` [..., D] over all axes but the last.
+
+        Synchronised across replicas: inside a ``tf.distribute`` replica context with more than
+        one replica, each replica's count, sum and sum of squares (shifted by the moving mean,
+        the same on every replica, for precision) are summed by one ``all_reduce``, so every
+        replica normalises with the statistics of the global batch, as one device would with
+        that batch. Gradients flow through the ``all_reduce`` (its gradient is an ``all_reduce``
+        of the gradients), so they are those of the global batch too. Elsewhere (one device, or
+        cross-replica context) this is ``tf.nn.moments``.
+        """
+        axes = list(range(x.shape.rank - 1))
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return tf.nn.moments(x, axes=axes)
+        shift = tf.stop_gradient(tf.cast(self.moving_mean, x.dtype))
+        centred = x - shift
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype)
+        packed = tf.concat(
+            [
+                tf.reshape(count, [1]),
+                tf.reduce_sum(centred, axis=axes),
+                tf.reduce_sum(tf.square(centred), axis=axes),
+            ],
+            axis=0,
+        )
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, packed)
+        count, sums, squares = tf.split(total, [1, self.event_size, self.event_size])
+        count = tf.maximum(count, 1.0)
+        mean_shifted = sums / count
+        variance = tf.maximum(squares / count - tf.square(mean_shifted), 0.0)
+        return shift + mean_shifted, variance
 
     def normalize(self, x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
         """Data -> base: ``(x - mean) / sqrt(variance + eps) * exp(log_gamma) + beta``."""
@@ -185,8 +217,7 @@ class BatchNormBijector(tfb.Bijector):
 
     def _inverse_log_det_jacobian(self, y: tf.Tensor) -> tf.Tensor:
         if self._training:
-            axes = list(range(y.shape.rank - 1))
-            _, variance = tf.nn.moments(y, axes=axes)
+            _, variance = self._layer.batch_moments(y)
         else:
             variance = tf.convert_to_tensor(self._layer.moving_variance)
         return self._layer.inverse_log_det(variance) * self._batch_ones(y)

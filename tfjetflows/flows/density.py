@@ -74,6 +74,15 @@ def build_preprocessing(
     return Preprocessing.from_config({**preprocessing, "dtype": dtype})
 
 
+def _across_workers() -> bool:
+    """Whether Keras reduces step logs across workers (its own test, in its TF trainer)."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode()) if in_multi_worker_mode is not None else False
+
+
 class DensityModel(keras.Model):
     """Base of the flow models: inputs, loss, metrics, preprocessing and config.
 
@@ -186,27 +195,54 @@ class DensityModel(keras.Model):
         sample_weight: tf.Tensor | None = None,
         training: bool = True,
     ) -> tf.Tensor:
-        """Mean negative log-likelihood (weighted by ``sample_weight``) plus ``self.losses``."""
+        """Mean negative log-likelihood (weighted by ``sample_weight``) plus ``self.losses``.
+
+        Under a ``tf.distribute`` strategy with R > 1 replicas this runs once per replica on
+        its share of the global batch, and Keras sums the replicas' gradients. So that the sum
+        is the gradient of the (weighted) mean over the *global* batch, as on one device, the
+        replica's loss has the gradient of ``sum(w * nll) / W``, where ``W`` is the weight of
+        the global batch (one ``all_reduce``; exact also when the replicas' shares differ).
+        Its *value* is Keras' own convention, the replica's mean divided by R (Keras'
+        ``scale_loss_for_distribution``), which Keras' loss tracker multiplies back by R and
+        averages with the replicas' batch sizes: the reported loss is the global-batch mean.
+        The two agree whenever the replicas' shares are equal. ``self.losses`` are divided by R
+        (every replica adds them), as Keras does.
+        """
         del y
         if y_pred is None:
             y_pred = self(x, training=training)
         nll = -tf.cast(y_pred, tf.float32)
         if sample_weight is None:
-            loss = tf.reduce_mean(nll)
+            w = tf.ones_like(nll)
         else:
             w = tf.cast(tf.reshape(sample_weight, tf.shape(nll)), tf.float32)
-            loss = tf.math.divide_no_nan(tf.reduce_sum(w * nll), tf.reduce_sum(w))
+        total, weight = tf.reduce_sum(w * nll), tf.reduce_sum(w)
+        loss = tf.math.divide_no_nan(total, weight)
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        if replicas > 1:
+            global_weight = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(weight))
+            exact = tf.math.divide_no_nan(total, global_weight)
+            loss = exact + tf.stop_gradient(loss / replicas - exact)
         for extra in self.losses:
-            loss += tf.cast(tf.reduce_sum(extra), tf.float32)
+            loss += tf.cast(tf.reduce_sum(extra), tf.float32) / replicas
         return loss
 
     def compute_metrics(
         self, x: Any, y: Any, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
     ) -> dict[str, Any]:
-        """Update :class:`LogProbStats` (log p mean/std, nats/dim, bits/dim) and the loss."""
+        """Update :class:`LogProbStats` (log p mean/std, nats/dim, bits/dim) and the loss.
+
+        Across several workers (``MultiWorkerMirroredStrategy``) the figures are returned with
+        shape [1]: Keras 3.15 averages step logs across workers with ``reduce(MEAN, axis=0)``,
+        which fails on scalars (tensorflow/tensorflow#72388) and turns [1] into a scalar.
+        """
         del x, y, sample_weight
         self.log_prob_stats.update_state(y_pred)
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        if _across_workers():
+            results = {k: tf.reshape(tf.convert_to_tensor(v), [1]) for k, v in results.items()}
+        return results
 
     # ---------------------------------------------------------------------------- config
 

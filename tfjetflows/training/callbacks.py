@@ -23,6 +23,7 @@ import netrc
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "CheckpointState",
     "LearningRateLogger",
     "NanGuard",
+    "TrainingSpeed",
     "WandbLogger",
     "current_learning_rate",
     "read_checkpoint_state",
@@ -61,10 +63,19 @@ def _is_finite(value: Any) -> bool:
 
 
 def _build_optimizer(model: keras.Model) -> None:
-    """Create the optimizer's slot variables now (fit would create them at the first step)."""
+    """Create the optimizer's slot variables now (fit would create them at the first step).
+
+    They are made under the model's ``tf.distribute`` strategy, as the model's own variables.
+    """
     optimizer = model.optimizer
     if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
+        with model.distribute_strategy.scope():
+            optimizer.build(model.trainable_variables)
+
+
+def _writes_files(model: keras.Model) -> bool:
+    """Whether this process writes checkpoints: False on a multi-worker run's non-chief."""
+    return bool(model.distribute_strategy.extended.should_checkpoint)
 
 
 def current_learning_rate(model: keras.Model) -> float:
@@ -241,6 +252,10 @@ def restore_checkpoint(model: keras.Model, path: str | Path) -> CheckpointState:
     continues the run as if it had not stopped (with a deterministic, unshuffled or seeded
     dataset, exactly).
 
+    Under ``tf.distribute``, call it outside ``strategy.scope()``: Keras' loader makes
+    throwaway variables, which in a multi-worker scope would be collectives that only the
+    process loading runs.
+
     Args:
         model: the built, compiled model.
         path: a ``.weights.h5`` file written by :class:`AtomicCheckpoint`.
@@ -277,6 +292,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     Unlike ``keras.callbacks.BackupAndRestore`` (weights and progress in two files written in
     place, deleted at the end of training), the files here are atomic and kept.
 
+    Under ``tf.distribute`` only the chief writes (``strategy.extended.should_checkpoint``):
+    in a multi-worker run the other workers keep the same state and write nothing.
+
     Args:
         directory: the checkpoint folder (made if missing).
         every_n_steps: also write ``last`` every this many optimizer steps. A resume from such a
@@ -310,6 +328,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self._epoch_start_step = 0
         self._last_batch = -1
         self._last_saved_step = 0
+        self._writes = True
 
     @property
     def last_path(self) -> Path:
@@ -330,6 +349,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         return value < self.best_value if self.mode == "min" else value > self.best_value
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:  # noqa: D102
+        self._writes = _writes_files(self.model)
+        if not self._writes:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         # Temp files of a writer that was killed (SIGKILL skips its clean-up).
         for path in (self.last_path, self.best_path):
@@ -389,6 +411,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 self._write(self.best_path, epoch + 1, step, logs)
 
     def _write(self, path: Path, epoch: int, step: int, logs: Mapping[str, Any]) -> None:
+        if not self._writes:
+            return
         numeric = {k: float(v) for k, v in logs.items() if isinstance(v, int | float | np.number)}
         value = numeric.get(self.monitor) if self.monitor is not None else None
         state = {
@@ -614,3 +638,47 @@ def _to_wandb_images(wandb: Any, images: Any) -> Any:
     if array.ndim == 4 or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
         return [wandb.Image(image) for image in array]
     return wandb.Image(array)
+
+
+class TrainingSpeed(keras.callbacks.Callback):
+    """Measure training steps per second, epoch by epoch, without per-step work.
+
+    An epoch's training time runs from ``on_epoch_begin`` to the start of its validation (or to
+    its end without validation), so validation is not counted. The first epoch of a process
+    includes tracing and compilation; :meth:`summary` reports the median of the later epochs
+    when there are any.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_seconds: list[float] = []
+        self._start: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:  # noqa: D102
+        self._start = time.perf_counter()
+
+    def _stop(self) -> None:
+        if self._start is not None:
+            self.epoch_seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:  # noqa: D102
+        self._stop()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:  # noqa: D102
+        self._stop()
+
+    def summary(self, steps_per_epoch: int, batch_size: int) -> dict[str, Any]:
+        """Steps/s and jets/s (median over epochs after the first, if any) and epoch times."""
+        if not self.epoch_seconds:
+            return {}
+        timed = self.epoch_seconds[1:] or self.epoch_seconds
+        seconds = float(np.median(timed))
+        return {
+            "steps_per_second": steps_per_epoch / seconds,
+            "jets_per_second": steps_per_epoch * batch_size / seconds,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size,
+            "epoch_seconds": self.epoch_seconds,
+            "includes_tracing": len(self.epoch_seconds) == 1,
+        }

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,11 +30,14 @@ from tfjetflows.config import Config, ConfigError, build_from_section, config_to
 __all__ = [
     "FLOWS",
     "FitResult",
+    "TrainingCallbacks",
     "build_flow",
     "build_representation",
     "evaluate_split",
+    "finish_run",
     "fit",
     "resolve_data",
+    "training_callbacks",
 ]
 
 log = logging.getLogger("tfjetflows.training")
@@ -100,6 +103,7 @@ class FitResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     nan_step: int | None = None
     epochs_done: int = 0
+    is_chief: bool = True  # False: a multi-worker run's other worker (it wrote nothing)
 
 
 def _learning_rate(config: Config, total_steps: int) -> Any:
@@ -277,6 +281,61 @@ def _save_atomically(model: Any, path: Path) -> Path:
     return Path(path)
 
 
+class TrainingCallbacks(NamedTuple):
+    """The callbacks of a training, in order, and the two whose results ``fit`` reads."""
+
+    callbacks: list[Any]
+    nan_guard: Any
+    speed: Any
+
+
+def training_callbacks(
+    config: Config, run: Any, *, has_validation: bool, resume: bool
+) -> TrainingCallbacks:
+    """The callbacks every training in a run folder uses, in order.
+
+    Steps/s timer, NaN guard (restores the last good weights), learning-rate logging, CSV
+    history, the plateau schedule (``training.lr_schedule: plateau``), atomic checkpoints and
+    early stopping. The history row of an epoch is written before its checkpoint: a run killed
+    between the two redoes that epoch when resumed, and :func:`_trim_history` drops the row
+    written twice.
+    """
+    import keras
+
+    from tfjetflows.training.callbacks import (
+        AtomicCheckpoint,
+        LearningRateLogger,
+        NanGuard,
+        TrainingSpeed,
+    )
+
+    monitor = "val_loss" if has_validation else "loss"
+    nan_guard = NanGuard()
+    speed = TrainingSpeed()
+    callbacks: list[Any] = [
+        speed,
+        nan_guard,
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(str(run.history_csv), append=resume),
+    ]
+    if config.training.lr_schedule == "plateau":
+        # after the CSV row (which shows the rate the epoch used), before the checkpoint (which
+        # stores the halved rate); its patience counter restarts on resume
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, factor=0.5, patience=config.training.plateau_patience
+            )
+        )
+    callbacks.append(AtomicCheckpoint(run.checkpoints_dir, monitor=monitor))
+    if config.training.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=config.training.early_stopping_patience
+            )
+        )
+    return TrainingCallbacks(callbacks, nan_guard, speed)
+
+
 def fit(
     config: Config,
     *,
@@ -297,38 +356,79 @@ def fit(
 
     Returns:
         A :class:`FitResult` with the paths written and the held-out figures.
+
+    ``distribute.strategy`` chooses the ``tf.distribute`` strategy
+    (:mod:`tfjetflows.training.distribute`). In a multi-worker run only the chief uses
+    ``run_dir``; every other worker trains in step with it from a temporary folder that it
+    removes at the end, skips evaluation and export, and returns ``is_chief=False``.
     """
+    import tempfile
+
+    from tfjetflows.training.distribute import (
+        check_global_batch,
+        make_strategy,
+        strategy_kind,
+        training_role,
+    )
     from tfjetflows.training.run_dir import RunDirectory
 
+    role = training_role(config)  # checks distribute.strategy before anything is written
+    # first TensorFlow work of the fit: a multi-worker strategy must precede all other
+    strategy = make_strategy(strategy_kind(config, role=role))
+    check_global_batch(config, strategy)
+    if not role.is_chief:
+        with tempfile.TemporaryDirectory(prefix=f"tfjf-{role.name}-") as scratch:
+            run = RunDirectory.create(Path(scratch) / "run", resume=False)
+            result = _fit_locked(config, run, resume, None, verbose, strategy=strategy)
+        result.run_dir = Path(run_dir)
+        return result
     run = RunDirectory.create(run_dir, resume=resume)
     with run.locked(), run.tee_output():
-        return _fit_locked(config, run, resume, saved_models_dir, verbose)
+        return _fit_locked(config, run, resume, saved_models_dir, verbose, strategy=strategy)
 
 
 def _fit_locked(
-    config: Config, run: Any, resume: bool, saved_models_dir: Any, verbose: Any
+    config: Config,
+    run: Any,
+    resume: bool,
+    saved_models_dir: Any,
+    verbose: Any,
+    *,
+    strategy: Any = None,
 ) -> FitResult:
     import keras
     import tensorflow as tf
 
     from tfjetflows.data.pipeline import build_datasets, scan_split
     from tfjetflows.data.preprocessing import fit_preprocessing
-    from tfjetflows.evaluation.plots import plot_jet_grid, plot_training_curves
     from tfjetflows.training.callbacks import (
-        AtomicCheckpoint,
-        LearningRateLogger,
-        NanGuard,
         WandbLogger,
         read_checkpoint_state,
         restore_checkpoint,
     )
-    from tfjetflows.training.export_run import CONDITION_SAMPLE, MODEL_FILE, export_run
+    from tfjetflows.training.distribute import (
+        broadcast_from_chief,
+        check_global_batch,
+        chief_values,
+        clip_global_gradient,
+        describe_strategy,
+        num_workers,
+    )
 
-    result = FitResult(run_dir=run.path)
+    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+    chief = bool(strategy.extended.should_checkpoint)
+    result = FitResult(run_dir=run.path, is_chief=chief)
     run.write_config(config_to_dict(config))
     run.write_requirements()
     devices = [d.name for d in tf.config.list_logical_devices()]
     print(f"run folder: {run.path}   devices: {', '.join(devices)}", flush=True)
+    print(f"distribute: {describe_strategy(strategy)}", flush=True)
+    if num_workers(strategy) > 1:
+        print(
+            "input: sharded by data (the datasets are Python generators, with no files for "
+            "tf.data to shard): every worker reads all jets and keeps its share of each batch",
+            flush=True,
+        )
     keras.utils.set_random_seed(config.seed)
 
     paths = resolve_data(config.data.files)
@@ -340,17 +440,20 @@ def _fit_locked(
         f"vector of {representation.dim} dims",
         flush=True,
     )
+    check_global_batch(config, strategy, validation_jets=split.validation)
     preprocessing = fit_preprocessing(representation, split.sample)
     conditions = list(config.data.conditions)
-    model = build_flow(
-        config,
-        event_size=representation.dim,
-        context_size=len(conditions),
-        preprocessing=preprocessing.get_config(),
-    )
+    with strategy.scope():
+        model = build_flow(
+            config,
+            event_size=representation.dim,
+            context_size=len(conditions),
+            preprocessing=preprocessing.get_config(),
+        )
     checkpoint_path = run.checkpoints_dir / "last.weights.h5"
-    resuming = resume and checkpoint_path.exists()
+    resuming = resume and checkpoint_path.exists()  # a non-chief worker has no checkpoint
     initial_epoch = read_checkpoint_state(checkpoint_path).epoch if resuming else 0
+    initial_epoch = int(chief_values(strategy, [initial_epoch])[0])  # the chief's decides
     epochs = config.training.epochs
     datasets = build_datasets(
         paths,
@@ -362,27 +465,34 @@ def _fit_locked(
         split=split,
     )
     total_steps = epochs * datasets.train_steps
-    optimizer = keras.optimizers.Adam(
-        learning_rate=_learning_rate(config, total_steps),
-        clipnorm=config.training.clipnorm,
-        amsgrad=config.training.amsgrad,
-        use_ema=config.training.ema_momentum is not None,
-        ema_momentum=config.training.ema_momentum or 0.99,
-    )
-    model.compile(
-        optimizer=optimizer,
-        jit_compile=config.training.jit_compile,
-        steps_per_execution=config.training.steps_per_execution,
-    )
-    # build the weights on a few sampled training vectors (no pass over the input pipeline)
-    model(
-        _inputs(
-            {"x": split.sample[:2], "context": split.condition_context(conditions)[:2]}, conditions
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(
+            learning_rate=_learning_rate(config, total_steps),
+            clipnorm=config.training.clipnorm,
+            amsgrad=config.training.amsgrad,
+            use_ema=config.training.ema_momentum is not None,
+            ema_momentum=config.training.ema_momentum or 0.99,
         )
-    )
-    if resuming:
+        if strategy.num_replicas_in_sync > 1:
+            clip_global_gradient(optimizer)  # Keras would clip each replica's share
+        model.compile(
+            optimizer=optimizer,
+            jit_compile=config.training.jit_compile,
+            steps_per_execution=config.training.steps_per_execution,
+        )
+        # build the weights on a few sampled training vectors (no pass over the input pipeline)
+        model(
+            _inputs(
+                {"x": split.sample[:2], "context": split.condition_context(conditions)[:2]},
+                conditions,
+            )
+        )
+        optimizer.build(model.trainable_variables)
+    if resuming:  # outside the scope: loading makes throwaway variables, on the chief alone
         state = restore_checkpoint(model, checkpoint_path)
         print(f"resumed from {checkpoint_path}: epoch {state.epoch}, step {state.global_step}")
+    # multi-worker: the others take the chief's (restored) weights and optimizer state
+    broadcast_from_chief(strategy, [*model.weights, *optimizer.variables])
 
     if resume:
         _trim_history(run.history_csv, initial_epoch)
@@ -391,37 +501,15 @@ def _fit_locked(
     if not conditions:
         train = train.map(lambda batch: batch["x"])
         validation = validation.map(lambda batch: batch["x"]) if validation is not None else None
+    if validation is not None:
+        # Under a tf.distribute strategy Keras 3.15 reuses the exhausted iterator of a finite
+        # validation set in the next epoch (StopIteration); repeated, each pass still takes
+        # validation_steps batches from a fresh iterator
+        validation = validation.repeat()
 
-    nan_guard = NanGuard()
-    # The history row of an epoch is written before its checkpoint: a fit killed between the
-    # two redoes that epoch when resumed, and _trim_history drops the row written twice.
-    callbacks: list[Any] = [
-        nan_guard,
-        LearningRateLogger(),
-        keras.callbacks.CSVLogger(str(run.history_csv), append=resume),
-    ]
-    if config.training.lr_schedule == "plateau":
-        # after the CSV row (which shows the rate the epoch used), before the checkpoint (which
-        # stores the halved rate); its patience counter restarts on resume
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss" if validation is not None else "loss",
-                factor=0.5,
-                patience=config.training.plateau_patience,
-            )
-        )
-    callbacks.append(
-        AtomicCheckpoint(
-            run.checkpoints_dir, monitor="val_loss" if validation is not None else "loss"
-        )
+    callbacks, nan_guard, speed = training_callbacks(
+        config, run, has_validation=validation is not None, resume=resume
     )
-    if config.training.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss" if validation is not None else "loss",
-                patience=config.training.early_stopping_patience,
-            )
-        )
     can_sample = bool(getattr(model, "can_sample", True))
     context_bank = split.condition_context(conditions) if conditions else None
 
@@ -431,7 +519,7 @@ def _fit_locked(
         return model.sample(n, seed=seed, context=context)
 
     wandb_logger = None
-    if config.wandb.enabled:
+    if config.wandb.enabled and chief:
 
         def sample_figure() -> Any:
             from tfjetflows.evaluation.plots import jet_grid_figure
@@ -470,6 +558,9 @@ def _fit_locked(
             )
     result.nan_step = nan_guard.bad_step
     result.epochs_done = initial_epoch + len(model.history.epoch) if remaining else epochs
+    result.metrics["training_speed"] = speed.summary(datasets.train_steps, config.data.batch_size)
+    if not chief:
+        return result  # evaluation and export are the chief's (they run no collective)
 
     if datasets.validation is not None:
         result.metrics["validation"] = evaluate_split(
@@ -492,6 +583,42 @@ def _fit_locked(
             )
             result.metrics["sample_quality"]["seconds"] = time.perf_counter() - start
     result.metrics["data"] = datasets.summary()
+    return finish_run(
+        result,
+        run,
+        model=model,
+        draw=sample_fn if can_sample else None,
+        representation=representation,
+        split=split,
+        config=config,
+        saved_models_dir=saved_models_dir,
+    )
+
+
+def finish_run(
+    result: FitResult,
+    run: Any,
+    *,
+    model: Any,
+    draw: Any,
+    representation: Any,
+    split: Any,
+    config: Config,
+    saved_models_dir: str | Path | None,
+) -> FitResult:
+    """Write what a finished training leaves in its run folder, and the SavedModel.
+
+    ``metrics.json`` (``result.metrics``), the training curves, a picture of four jets drawn
+    with ``draw(n, seed)`` beside four held-out jets (no picture when ``draw`` is None),
+    ``model.keras``, ``condition_sample.npy`` and the SavedModel, copied to
+    ``saved_models_dir/NAME`` unless that is None.
+    """
+    import tensorflow as tf
+
+    from tfjetflows.evaluation.plots import plot_jet_grid, plot_training_curves
+    from tfjetflows.training.export_run import CONDITION_SAMPLE, MODEL_FILE, export_run
+
+    conditions = list(config.data.conditions)
     atomic_write_text(
         run.path / "metrics.json", json.dumps(_finite_or_none(result.metrics), indent=2)
     )
@@ -499,13 +626,11 @@ def _fit_locked(
         result.curves_png = plot_training_curves(
             run.history_csv, run.plots_dir / "training_curves.png"
         )
-    if can_sample:
-        samples = sample_fn(4, tf.constant([0, 0]))
-        real = _real_images(split, config, 4)
+    if draw is not None:
         result.sample_png = plot_jet_grid(
             run.plots_dir / "samples.png",
-            representation.decode(samples).numpy(),
-            real,
+            representation.decode(draw(4, tf.constant([0, 0]))).numpy(),
+            _real_images(split, config, 4),
             threshold=config.selection.threshold,
         )
     _save_atomically(model, run.path / MODEL_FILE)
