@@ -88,8 +88,11 @@ def fit(
             f"bits/dim (diagonal Gaussian: {baseline.get('nats_per_dim', float('nan')):.4f} "
             "nats/dim)"
         )
-    click.echo(f"run folder:     {result.run_dir}")
-    click.echo(f"SavedModel:     {result.saved_model}")
+    if result.is_chief:
+        click.echo(f"run folder:     {result.run_dir}")
+        click.echo(f"SavedModel:     {result.saved_model}")
+    else:
+        click.echo("worker finished: the chief writes the run folder and the SavedModel")
     if result.saved_model_copy is not None:
         click.echo(f"copied to:      {result.saved_model_copy}")
     if result.sample_png is not None:
