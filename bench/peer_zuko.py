@@ -8,7 +8,11 @@ on standard-normal data or on the vectors of a ``.npy`` file (``--data D=PATH``)
 ``flow().sample((n,))`` under ``torch.no_grad()``.
 
 Runs in its own process (``run_all.py`` starts it with ``subprocess``), so torch's and
-TensorFlow's thread pools do not compete; torch uses as many threads as the process has cores.
+TensorFlow's thread pools do not compete; torch uses as many threads as the process has cores,
+with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (``--omp-wait-policy ''`` keeps
+OpenMP's default): with spinning OpenMP threads, a machine busy with other work (load 2.5-3 on
+2 cores) slowed zuko 15-20 times and made its figures jump between calls (D = 16: 3.3 steps/s,
+range 2.9-63, against 50, range 49-51, passive; D = 807 sampling: 0.15 against 1.7 jets/s).
 torch and zuko live in the optional bench environment (``bench/requirements-peers.txt``), never
 in the package's dependencies. Without them the script prints
 ``{"available": false, "reason": ...}`` and exits 0. ``TFJF_BENCH_HIDE=torch,zuko`` makes it
@@ -171,8 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores)")
     parser.add_argument("--data", nargs="*", default=[], help="DIM=PATH.npy training vectors")
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY for torch's OpenMP threads unless the environment sets one "
+        "('' leaves OpenMP's default)",
+    )
     args = parser.parse_args(argv)
     args.data = _parse_data(args.data)
+    if args.omp_wait_policy:
+        # read by OpenMP when torch loads: must be set before the import
+        os.environ.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
 
     report: dict[str, Any] = {"peer": "zuko", "machine": machine_info()}
     mods, reason = load_peer()
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         torch=torch.__version__,
         zuko=getattr(mods["zuko"], "__version__", None),
         threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         architecture={"transforms": args.blocks, "hidden_features": args.hidden, "lr": args.lr},
         train=[],
         sample=[],

@@ -133,7 +133,10 @@ def peer_rows(report: dict[str, Any]) -> tuple[list[Row], dict[str, tuple[str, f
         reason = report.get("reason", "peer not available")
         print(f"peers: skipped ({reason})", flush=True)
         return [skipped_row("peer zuko (PyTorch CPU)", reason)], {}
-    label = f"zuko {report.get('zuko')}, torch {report.get('torch')}, {report.get('threads')} thr"
+    label = (
+        f"zuko {report.get('zuko')}, torch {report.get('torch')}, {report.get('threads')} threads"
+        f" (OMP_WAIT_POLICY {report.get('omp_wait_policy') or 'default'})"
+    )
     rows, peers = [], {}
     for item in report.get("train", []):
         key = f"zuko.train.D{item['dim']}"
@@ -305,11 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Python of the peer environment (torch + zuko)",
     )
     parser.add_argument(
-        "--peer-threads",
-        type=int,
-        default=0,
-        help="torch threads of the peer (default: the cores; 1 on a machine busy with other work, "
-        "where torch's spinning worker threads slow it down many times)",
+        "--peer-threads", type=int, default=0, help="torch threads of the peer (default: the cores)"
     )
     return parser
 
