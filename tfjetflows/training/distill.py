@@ -14,7 +14,6 @@ a drop-in replacement. The loss is in :mod:`tfjetflows.flows.distillation`.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from collections.abc import Iterable, Mapping
@@ -202,6 +201,7 @@ def _distill_locked(
         finish_run,
         resolve_data,
         sample_quality,
+        train_epochs,
         training_callbacks,
     )
 
@@ -312,22 +312,10 @@ def _distill_locked(
         f"block), {datasets.train_steps} steps per epoch",
         flush=True,
     )
-    remaining = max(epochs - initial_epoch, 0)
-    with wandb_logger if wandb_logger is not None else contextlib.nullcontext():
-        if remaining:
-            model.fit(
-                train,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=datasets.train_steps,
-                validation_data=validation,
-                validation_steps=datasets.validation_steps or None,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,
-            )
+    result.epochs_done = train_epochs(
+        model, train, validation, datasets, callbacks, initial_epoch, epochs, verbose, wandb_logger
+    )
     result.nan_step = nan_guard.bad_step
-    result.epochs_done = initial_epoch + len(model.history.epoch) if remaining else epochs
     result.metrics["training_speed"] = speed.summary(datasets.train_steps, config.data.batch_size)
 
     if validation is not None:

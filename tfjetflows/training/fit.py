@@ -37,6 +37,7 @@ __all__ = [
     "finish_run",
     "fit",
     "resolve_data",
+    "train_epochs",
     "training_callbacks",
 ]
 
@@ -336,6 +337,39 @@ def training_callbacks(
     return TrainingCallbacks(callbacks, nan_guard, speed)
 
 
+def train_epochs(
+    model: Any,
+    train: Any,
+    validation: Any,
+    datasets: Any,
+    callbacks: list[Any],
+    initial_epoch: int,
+    epochs: int,
+    verbose: Any,
+    wandb_logger: Any = None,
+) -> int:
+    """Run ``model.fit`` from ``initial_epoch`` to ``epochs`` (inside the W&B run, if any).
+
+    Returns:
+        The number of epochs done in all (``epochs`` when nothing was left to do).
+    """
+    with wandb_logger if wandb_logger is not None else contextlib.nullcontext():
+        if epochs <= initial_epoch:
+            return epochs
+        model.fit(
+            train,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=datasets.train_steps,
+            validation_data=validation,
+            validation_steps=datasets.validation_steps or None,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the pipeline shuffles, reproducibly per epoch
+        )
+    return initial_epoch + len(model.history.epoch)
+
+
 def fit(
     config: Config,
     *,
@@ -537,27 +571,15 @@ def _fit_locked(
         )
         callbacks.append(wandb_logger)
 
-    remaining = max(epochs - initial_epoch, 0)
     print(
         f"training {type(model).__name__}: {model.count_params()} parameters, epochs "
         f"{initial_epoch + 1}-{epochs}, {datasets.train_steps} steps per epoch",
         flush=True,
     )
-    with wandb_logger if wandb_logger is not None else contextlib.nullcontext():
-        if remaining:
-            model.fit(
-                train,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=datasets.train_steps,
-                validation_data=validation,
-                validation_steps=datasets.validation_steps or None,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the pipeline shuffles, reproducibly per epoch
-            )
+    result.epochs_done = train_epochs(
+        model, train, validation, datasets, callbacks, initial_epoch, epochs, verbose, wandb_logger
+    )
     result.nan_step = nan_guard.bad_step
-    result.epochs_done = initial_epoch + len(model.history.epoch) if remaining else epochs
     result.metrics["training_speed"] = speed.summary(datasets.train_steps, config.data.batch_size)
     if not chief:
         return result  # evaluation and export are the chief's (they run no collective)
